@@ -1,0 +1,173 @@
+"""The command line: ``python -m llmcourse <command> ...`` (or the `llmcourse` script).
+
+    python -m llmcourse course release [ASSIGNMENT ...] [--force]
+    python -m llmcourse course check   [ASSIGNMENT ...]
+    python -m llmcourse course start   ASSIGNMENT [--to DIR]
+    python -m llmcourse course grade   ASSIGNMENT [--student S ...] [--timeout S] [--memory GB]
+
+Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmcourse import course
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _add_course_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "course",
+        help="release exercises, check them, start one, autograde submissions",
+        description="Course tooling on top of nbgrader. Run it in the course folder (the one with "
+        "nbgrader_config.py) or pass --root.",
+    )
+    parser.add_argument("--root", type=Path, help="the course folder (default: found from the current folder up)")
+    actions = parser.add_subparsers(dest="action", metavar="COMMAND", required=True)
+
+    release = actions.add_parser(
+        "release",
+        help="regenerate exercises/ from solutions/",
+        description="Regenerate exercises/<a>/ from solutions/<a>/ with nbgrader generate_assignment "
+        "(in a throwaway folder, so gradebook.db is untouched). Refuses to overwrite a file that "
+        "changed since it was generated (recorded in exercises/.release-manifest.json).",
+    )
+    release.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every folder under solutions/")
+    release.add_argument("--force", action="store_true", help="overwrite files that were edited since generated")
+
+    check = actions.add_parser(
+        "check",
+        help="fail if exercises/ differs from what release would produce",
+        description="Generate into a temporary folder and compare with exercises/; also checks the "
+        "source notebooks are well-formed for nbgrader. Exit status 1 when anything differs.",
+    )
+    check.add_argument("assignments", nargs="*", metavar="ASSIGNMENT", help="default: every folder under solutions/")
+
+    start = actions.add_parser(
+        "start",
+        help="copy an exercise to work/ for you to edit",
+        description="Copy exercises/<a>/ to work/<a>/ (or DIR/<a>/) and tell you what to open. "
+        "Refuses if the target exists, so it never overwrites your work.",
+    )
+    start.add_argument("assignment", metavar="ASSIGNMENT", help="e.g. 01-next-token")
+    start.add_argument("--to", type=Path, metavar="DIR", help="folder to create <ASSIGNMENT>/ in (default: work/)")
+
+    grade = actions.add_parser(
+        "grade",
+        help="autograde submitted/*/ASSIGNMENT/ (instructors)",
+        description="Autograde every submitted/<student>/<ASSIGNMENT>/ with nbgrader, one sandboxed "
+        "subprocess per student (time and memory limits, no network where Linux allows), then "
+        "write feedback/ and grades.csv and print a summary table.",
+    )
+    grade.add_argument("assignment", metavar="ASSIGNMENT", help="e.g. 01-next-token")
+    grade.add_argument("--student", dest="students", action="append", default=[], metavar="S",
+                       help="grade only this student; repeat it for several (default: everyone who submitted)")
+    grade.add_argument("--timeout", type=_positive_float, default=course.DEFAULT_CELL_TIMEOUT_S, metavar="SECONDS",
+                       help="time limit per cell; a cell over it is interrupted (default: %(default)g)")
+    grade.add_argument("--wall-time", type=_positive_float, default=course.DEFAULT_WALL_TIME_S, metavar="SECONDS",
+                       help="time limit per student for the whole notebook (default: %(default)g)")
+    grade.add_argument("--memory", type=_positive_float, default=course.DEFAULT_MEMORY_GB, metavar="GB",
+                       help="address-space limit per student, in GiB (default: %(default)g)")
+    grade.add_argument("--no-sandbox", action="store_true",
+                       help="allow network access while grading (sandboxing needs Linux user namespaces)")
+    grade.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m llmcourse",
+        description="Build a Large Language Model from Scratch: the course's command line.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_course_commands(commands)
+    return parser
+
+
+def _release(root: Path, args: argparse.Namespace) -> int:
+    plan = course.release(root, args.assignments, force=args.force)
+    for relative in plan.write:
+        print(f"{course.EXERCISES_DIR}/{relative}: written")
+    for relative in plan.remove:
+        print(f"{course.EXERCISES_DIR}/{relative}: removed (no longer generated)")
+    print(f"release: {len(plan.write)} written, {len(plan.remove)} removed, {len(plan.unchanged)} unchanged")
+    return 0
+
+
+def _check(root: Path, args: argparse.Namespace) -> int:
+    report = course.check(root, args.assignments)
+    if report.problems:
+        print("The source notebooks are not ready for nbgrader:", *report.problems, sep="\n  ")
+        return 1
+    if report.drift:
+        print(f"{course.EXERCISES_DIR}/ is out of sync with {course.SOLUTIONS_DIR}/:", *report.drift, sep="\n  ")
+        print("Run `make release` (python -m llmcourse course release) and commit the result.")
+        return 1
+    checked = args.assignments or course.list_assignments(root)
+    print(f"{course.EXERCISES_DIR}/ is in sync with {course.SOLUTIONS_DIR}/ ({len(checked)} assignment(s))")
+    return 0
+
+
+def _start(root: Path, args: argparse.Namespace) -> int:
+    target = course.start(root, args.assignment, args.to)
+    print(f"Copied {course.EXERCISES_DIR}/{args.assignment}/ to {target}/")
+    for notebook in sorted(target.glob("*.ipynb")):
+        print(f"Open {notebook} in Jupyter and fill in the YOUR CODE HERE cells.")
+    return 0
+
+
+def _grade(root: Path, args: argparse.Namespace) -> int:
+    report = course.grade(
+        root, args.assignment, students=args.students, cell_timeout=args.timeout,
+        wall_time=args.wall_time, memory_gb=args.memory, sandbox=not args.no_sandbox,
+        progress=not args.no_progress,
+    )
+    print()
+    print(course.format_table(report.results))
+    print()
+    print(f"network while grading: {'none (sandboxed)' if report.sandboxed else 'ALLOWED'}")
+    print(f"feedback: {root / course.FEEDBACK_DIR}/<student>/{args.assignment}/")
+    if report.grades_csv:
+        print(f"grades:   {report.grades_csv}")
+    for error in report.errors:
+        print(f"error: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
+
+
+_ACTIONS = {"release": _release, "check": _check, "start": _start, "grade": _grade}
+
+
+def _course_root(option: Path | None) -> Path:
+    if option is None:
+        return course.find_course_root()
+    if not (option / course.CONFIG_FILE).is_file():
+        raise course.CourseError(f"--root {option}: no {course.CONFIG_FILE} there; pass the course folder")
+    return option.resolve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); return the exit status."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse exits on --help (0) and on bad arguments (2)
+        return int(exit_.code or 0)
+    try:
+        return _ACTIONS[args.action](_course_root(args.root), args)  # `course` is the only command yet
+    except course.CourseError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

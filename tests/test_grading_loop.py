@@ -1,0 +1,311 @@
+"""The grading loop end to end: real exercise notebooks, doctored submissions, nbgrader, scores.
+
+For every assignment under solutions/, a temporary course gets the source, its release and one
+submission per kind below, all graded by a single `course.grade` run (the same code as
+`python -m llmcourse course grade`); then the gradebook must hold exactly the scores a
+trustworthy grader gives:
+
+    perfect           the source notebook as it is            full marks on every autograded cell
+    untouched         the release as it is                    0 on every autograded cell
+    tampered          perfect, every test cell -> `pass`,     full marks (tests are restored)
+                      one test cell deleted, a probe cell     (the probe reports the kernel's
+                      added at the end                        Python and whether it has network)
+    tampered_release  the same edits on the release           0 (so `tampered` proves something)
+    loops             perfect, but the last task's answer     that task 0, every other task full
+                      is `while True: pass`
+    delegates         each answer imports the same-named      0 on every hidden test of those tasks
+                      reference from llmcourse
+    garbage           a file that is not JSON                 a clear message, 0, others graded
+
+Run with `pytest -s` to see the per-student score table.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import csv
+import errno
+import importlib
+import pkgutil
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import llmcourse
+from llmcourse import course
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSIGNMENTS = course.list_assignments(ROOT)
+CELL_TIMEOUT_S = 10
+# A documentation address (RFC 5737): never routed, so only "unreachable" is a pass.
+PROBE_ADDRESS = "192.0.2.1"
+PROBE_CELL = f"""\
+import socket, sys
+print("python:", sys.executable)
+probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+probe.settimeout(5)
+try:
+    probe.connect(("{PROBE_ADDRESS}", 80))
+    print("network: connected")
+except OSError as error:
+    print("network errno:", error.errno)
+"""
+
+
+# ----------------------------------------------------------------------------- notebook surgery
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def is_autograded(cell) -> bool:
+    return cell.cell_type == "code" and bool(nbgrader_meta(cell).get("grade"))
+
+
+def is_answer(cell) -> bool:
+    meta = nbgrader_meta(cell)
+    return cell.cell_type == "code" and bool(meta.get("solution")) and not meta.get("grade")
+
+
+@dataclass
+class Task:
+    """An answer cell and the graded cells after it (up to the next answer cell)."""
+
+    answer_id: str
+    function: str  # the name the answer cell defines, which is also the reference's name
+    tests: dict[str, float]  # grade_id -> points
+    hidden: list[str]  # the grade_ids among `tests` with hidden tests
+
+
+def defined_name(source: str) -> str:
+    """The first function or class an answer cell defines."""
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            return node.name
+    raise AssertionError(f"answer cell defines no function or class:\n{source}")
+
+
+def tasks_of(notebook) -> list[Task]:
+    tasks: list[Task] = []
+    for cell in notebook.cells:
+        meta = nbgrader_meta(cell)
+        if is_answer(cell):
+            tasks.append(Task(meta["grade_id"], defined_name(cell.source), {}, []))
+        elif is_autograded(cell) and tasks:
+            tasks[-1].tests[meta["grade_id"]] = float(meta["points"])
+            if course.HIDDEN_TEST_MARKERS[0] in cell.source:
+                tasks[-1].hidden.append(meta["grade_id"])
+    return tasks
+
+
+def autograded_points(notebook) -> dict[str, float]:
+    return {nbgrader_meta(c)["grade_id"]: float(nbgrader_meta(c)["points"]) for c in notebook.cells if is_autograded(c)}
+
+
+def cell_by_id(notebook, grade_id: str):
+    (cell,) = [c for c in notebook.cells if nbgrader_meta(c).get("grade_id") == grade_id]
+    return cell
+
+
+def with_tests_rewritten(notebook):
+    """Every autograded cell's source becomes `pass`; the first hidden-test cell is deleted."""
+    tampered = copy.deepcopy(notebook)
+    hidden = [c for c in tampered.cells if is_autograded(c) and course.HIDDEN_TEST_MARKERS[0] in c.source]
+    deleted = hidden[0] if hidden else next(c for c in tampered.cells if is_autograded(c))
+    tampered.cells = [c for c in tampered.cells if c is not deleted]
+    for cell in tampered.cells:
+        if is_autograded(cell):
+            cell.source = "pass"
+    return tampered
+
+
+def with_answer(notebook, grade_id: str, source: str):
+    changed = copy.deepcopy(notebook)
+    cell_by_id(changed, grade_id).source = source
+    return changed
+
+
+def reference_module(name: str) -> str | None:
+    """The llmcourse module that defines `name` (None if none does)."""
+    for info in pkgutil.walk_packages(llmcourse.__path__, "llmcourse."):
+        if info.name == "llmcourse.__main__":  # importing it would run the command line
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:
+            continue
+        value = getattr(module, name, None)
+        if value is not None and getattr(value, "__module__", None) == info.name:
+            return info.name
+    return None
+
+
+def delegating(notebook) -> tuple[object, list[Task]]:
+    """Each answer replaced by an import of the same-named reference; the tasks it could do."""
+    changed = copy.deepcopy(notebook)
+    delegated = []
+    for task in tasks_of(notebook):
+        module = reference_module(task.function)
+        if module is not None:
+            cell_by_id(changed, task.answer_id).source = f"from {module} import {task.function}"
+            delegated.append(task)
+    return changed, delegated
+
+
+# ----------------------------------------------------------------------------- the graded course
+
+
+@dataclass
+class Graded:
+    root: Path
+    assignment: str
+    source: dict[str, object]  # notebook file name -> source notebook
+    report: course.GradeReport
+    scores: dict[str, dict[str, float]]
+    messages: list[str]
+    delegated: list[Task]
+
+    def result(self, student: str) -> course.StudentResult:
+        (result,) = [r for r in self.report.results if r.student == student]
+        return result
+
+    @property
+    def points(self) -> dict[str, float]:
+        return {k: v for nb in self.source.values() for k, v in autograded_points(nb).items()}
+
+    @property
+    def tasks(self) -> list[Task]:
+        return [task for nb in self.source.values() for task in tasks_of(nb)]
+
+
+def build_submissions(root: Path, assignment: str) -> tuple[dict[str, dict[str, object]], list[Task]]:
+    """{student: {notebook file: notebook}} for every kind, built from source and release."""
+    names = sorted(p.name for p in (root / course.SOLUTIONS_DIR / assignment).glob("*.ipynb"))
+    read = lambda folder: {n: nbformat.read(root / folder / assignment / n, as_version=4) for n in names}  # noqa: E731
+    source, released = read(course.SOLUTIONS_DIR), read(course.EXERCISES_DIR)
+    last = names[-1]
+    last_task = tasks_of(source[last])[-1]
+    delegates, delegated = {}, []
+    for name in names:
+        delegates[name], tasks = delegating(source[name])
+        delegated += tasks
+    submissions = {
+        "perfect": source,
+        "untouched": released,
+        "tampered": {n: with_tests_rewritten(nb) for n, nb in source.items()},
+        "tampered_release": {n: with_tests_rewritten(nb) for n, nb in released.items()},
+        "loops": {**source, last: with_answer(source[last], last_task.answer_id, "while True:\n    pass")},
+        "delegates": delegates,
+    }
+    submissions["tampered"][last].cells.append(nbformat.v4.new_code_cell(PROBE_CELL))
+    return submissions, delegated
+
+
+@pytest.fixture(
+    scope="module",
+    params=ASSIGNMENTS or [pytest.param(None, marks=pytest.mark.skip(reason="no assignment under solutions/ yet"))],
+)
+def graded(request, tmp_path_factory) -> Graded:
+    assignment = request.param
+    root = tmp_path_factory.mktemp(f"course-{assignment}")
+    shutil.copy(ROOT / course.CONFIG_FILE, root / course.CONFIG_FILE)
+    shutil.copytree(ROOT / course.SOLUTIONS_DIR / assignment, root / course.SOLUTIONS_DIR / assignment)
+    course.release(root, [assignment])
+    submissions, delegated = build_submissions(root, assignment)
+    for student, notebooks in submissions.items():
+        folder = root / course.SUBMITTED_DIR / student / assignment
+        folder.mkdir(parents=True)
+        for name, notebook in notebooks.items():
+            nbformat.write(notebook, folder / name)
+    garbage = root / course.SUBMITTED_DIR / "garbage" / assignment
+    garbage.mkdir(parents=True)
+    for name in submissions["perfect"]:
+        (garbage / name).write_text("{ this is not a notebook")
+    messages: list[str] = []
+    report = course.grade(root, assignment, cell_timeout=CELL_TIMEOUT_S, progress=False, say=messages.append)
+    print(f"\n{assignment}: grading-loop scores (network {'blocked' if report.sandboxed else 'ALLOWED'})")
+    print(course.format_table(report.results))
+    return Graded(root, assignment, submissions["perfect"], report, course.scores(root, assignment),
+                  messages, delegated)
+
+
+# ----------------------------------------------------------------------------- the scores
+
+
+def test_perfect_submission_gets_full_marks(graded):
+    assert graded.points, "the assignment has no autograded cells"
+    assert {k: graded.scores["perfect"][k] for k in graded.points} == graded.points
+
+
+def test_untouched_release_gets_zero(graded):
+    assert {k: graded.scores["untouched"][k] for k in graded.points} == dict.fromkeys(graded.points, 0.0)
+
+
+def test_rewritten_and_deleted_tests_are_restored(graded):
+    assert {k: graded.scores["tampered"][k] for k in graded.points} == graded.points
+    # The same edits on the release score nothing: the full marks above come from real tests.
+    assert {k: graded.scores["tampered_release"][k] for k in graded.points} == dict.fromkeys(graded.points, 0.0)
+
+
+def test_infinite_loop_loses_only_its_task(graded):
+    last = graded.tasks[-1]
+    expected = {k: (0.0 if k in last.tests else v) for k, v in graded.points.items()}
+    assert {k: graded.scores["loops"][k] for k in graded.points} == expected
+    result = graded.result("loops")
+    assert result.status == "graded"
+    assert any(f"{CELL_TIMEOUT_S} s time limit hit in {last.answer_id}" in note for note in result.notes), result.notes
+
+
+def test_delegating_to_the_reference_fails_hidden_tests(graded):
+    assert graded.delegated, "no answer cell defines a function named like an llmcourse reference"
+    for task in graded.delegated:
+        assert task.hidden, f"task {task.answer_id} has no hidden tests"
+        for grade_id in task.hidden:
+            assert graded.scores["delegates"][grade_id] == 0.0, f"{grade_id} accepted the reference itself"
+
+
+def test_garbage_scores_zero_with_a_clear_message(graded):
+    notebook = next(iter(graded.source))
+    expected = f"student garbage: {notebook} is not a valid notebook ("
+    assert any(m.startswith(expected) and m.endswith("; it scores 0") for m in graded.messages), graded.messages
+    assert graded.result("garbage").status == "invalid"
+    assert all(score == 0.0 for score in graded.scores["garbage"].values())
+    assert graded.result("garbage").score == 0.0
+    # ... and it stopped no one: every other student was graded.
+    assert all(r.status == "graded" for r in graded.report.results if r.student != "garbage")
+
+
+def test_feedback_and_grades_csv(graded):
+    for result in graded.report.results:
+        feedback = graded.root / course.FEEDBACK_DIR / result.student / graded.assignment
+        if result.status == "graded":
+            for notebook in graded.source:
+                assert (feedback / notebook).with_suffix(".html").is_file()
+    with open(graded.report.grades_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["student_id"] for row in rows) == sorted(r.student for r in graded.report.results)
+    by_student = {row["student_id"]: float(row["score"]) for row in rows}
+    assert by_student["untouched"] == 0.0 and by_student["garbage"] == 0.0
+    assert by_student["perfect"] == sum(graded.points.values())
+    assert not graded.report.errors
+
+
+def test_kernel_is_this_python_and_has_no_network(graded):
+    last = list(graded.source)[-1]
+    autograded = nbformat.read(
+        graded.root / course.AUTOGRADED_DIR / "tampered" / graded.assignment / last, as_version=4)
+    (probe,) = [c for c in autograded.cells if c.cell_type == "code" and PROBE_ADDRESS in c.source]
+    printed = "".join(o.get("text", "") for o in probe.outputs)
+    assert f"python: {sys.executable}\n" in printed
+    if course.sandbox_problem() is not None:
+        pytest.skip(f"no sandbox on this machine: {course.sandbox_problem()}")
+    assert graded.report.sandboxed
+    assert f"network errno: {errno.ENETUNREACH}\n" in printed
