@@ -16,8 +16,9 @@ c.CourseDirectory.db_url = "sqlite:///gradebook.db"
 # Only the notebook is an assignment file; student scratch files are not copied around.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
 
-# Students may not create or remove graded cells, and edited test cells are restored from the
-# source (nbgrader's checksums) before autograding.
+# Students may not create or remove graded cells: edited test cells are restored from the
+# source (nbgrader's checksums) before autograding, and deleted ones are put back.
+c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
@@ -25,4 +26,3 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 # (interrupt_on_timeout keeps the kernel and the rest of the notebook running).
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
-c.Execute.allow_errors = True

@@ -144,9 +144,21 @@ def nbgrader_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "nbgrader", *args]
 
 
+def tools_env() -> dict[str, str]:
+    """This environment with this interpreter's scripts first on PATH.
+
+    nbgrader runs helper programs by name (`alembic` when it creates a gradebook), so they must
+    be found even when the virtual environment is used without being activated.
+    """
+    env = dict(os.environ)
+    scripts = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(filter(None, [scripts, env.get("PATH")]))
+    return env
+
+
 def _run_nbgrader(args: Sequence[str], *, cwd: Path, what: str) -> str:
     """Run a trusted nbgrader step (no student code); raise CourseError with its log on failure."""
-    done = subprocess.run(nbgrader_command(*args), cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(nbgrader_command(*args), cwd=cwd, capture_output=True, text=True, env=tools_env())
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise CourseError(f"{what} failed (exit status {done.returncode}); nbgrader said:\n{_tail(output)}")
@@ -800,7 +812,7 @@ def grading_env(kernels_dir: Path) -> dict[str, str]:
         "language": "python",
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
-    env = dict(os.environ)
+    env = tools_env()
     # Tests import llmcourse (grading helpers, references): the same package as this one.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_PARENT, env.get("PYTHONPATH")]))
     env["JUPYTER_PATH"] = os.pathsep.join(filter(None, [str(kernels_dir), env.get("JUPYTER_PATH")]))

@@ -15,6 +15,11 @@ matplotlib.use("Agg")  # tests never open windows
 settings.register_profile("llmcourse", deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "llmcourse"))
 
+# With pytest-xdist each core runs its own worker; torch's own threads on top of that
+# oversubscribe the cores and make small tensor ops many times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked `gpu` on machines without CUDA (they run on the GPU machines)."""
@@ -22,5 +27,5 @@ def pytest_collection_modifyitems(config, items):
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
