@@ -70,6 +70,14 @@ class NextCharExplorer(widgets.VBox):
     State a caller (or a test) can read after any change: `probs` (the `(V,)` distribution shown),
     `conditioning_char` (the one character a bigram model actually uses), `continuation` (the
     sampled text), `figure` (the current bar chart) and `message` (explains an unusable context).
+
+    Args:
+        model: a fitted `CountingBigram`, a trained `NeuralBigram`, or a `(V, V)` probability table.
+        vocab: the character vocabulary the model was trained with.
+        context: the initial text in the box.
+        top_k: how many of the most probable next characters the bar chart shows.
+        continuation_length: how many characters to sample after the context.
+        seed: the seed of the first sample (the "new sample" button moves to the next seed).
     """
 
     def __init__(
@@ -168,25 +176,5 @@ class NextCharExplorer(widgets.VBox):
         self.status.value = f'<span style="color: #b00">{message}</span>'
 
 
-def next_char_explorer(
-    model: CountingBigram | NeuralBigram | torch.Tensor,
-    vocab: CharVocab,
-    *,
-    context: str = "Once upon a time, ",
-    top_k: int = 20,
-    continuation_length: int = 120,
-    seed: int = 0,
-) -> NextCharExplorer:
-    """Build the next-character explorer for a bigram model (display the result in Jupyter).
-
-    Args:
-        model: a fitted `CountingBigram`, a trained `NeuralBigram`, or a `(V, V)` probability table.
-        vocab: the character vocabulary the model was trained with.
-        context: the initial text in the box.
-        top_k: how many of the most probable next characters the bar chart shows.
-        continuation_length: how many characters to sample after the context.
-        seed: the seed of the first sample (the "new sample" button moves to the next seed).
-    """
-    return NextCharExplorer(
-        model, vocab, context=context, top_k=top_k, continuation_length=continuation_length, seed=seed,
-    )
+# The name the book uses: building the explorer is just constructing it (display it in Jupyter).
+next_char_explorer = NextCharExplorer
