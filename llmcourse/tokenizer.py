@@ -42,6 +42,9 @@ __all__ = [
     "ENDOFTEXT",
     "Tokenizer",
     "TokenizerFileError",
+    "bpe_encode",
+    "count_pairs",
+    "merge_pair",
 ]
 
 # GPT-2's pre-tokenization (contractions, letters, numbers, other symbols, whitespace), each
@@ -69,7 +72,16 @@ class TokenizerFileError(ValueError):
     """A tokenizer file that is corrupt, truncated, of another format or of another version."""
 
 
-def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+def count_pairs(ids: Sequence[int]) -> dict[tuple[int, int], int]:
+    """How often each adjacent pair occurs in ``ids`` (overlapping: ``aaa`` has ``(a, a)`` twice).
+
+    The step the simplest BPE trainer repeats after every merge; :func:`_learn_merges` keeps these
+    counts up to date instead of recounting.
+    """
+    return dict(Counter(_pairs(ids)))
+
+
+def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace every occurrence of ``pair`` in ``ids``, left to right without overlap, by ``new_id``."""
     a, b = pair
     out: list[int] = []
@@ -87,6 +99,21 @@ def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
 def _pairs(ids: Sequence[int]) -> list[tuple[int, int]]:
     """The adjacent pairs of ``ids`` (overlapping: ``aaa`` has the pair ``(a, a)`` twice)."""
     return list(zip(ids, ids[1:]))
+
+
+def bpe_encode(piece: bytes, ranks: dict[tuple[int, int], int]) -> list[int]:
+    """Encode one pre-token: merge the adjacent pair learned earliest until no pair is a merge.
+
+    ``ranks`` maps a pair to the id of the token it merges into; ids grow with training order, so
+    the smallest id is the merge learned first, which is the order training applied them in.
+    """
+    ids = list(piece)
+    while len(ids) >= 2:
+        best = min(_pairs(ids), key=lambda p: ranks.get(p, 1 << 62))
+        if best not in ranks:
+            break
+        ids = merge_pair(ids, best, ranks[best])
+    return ids
 
 
 def _readable(token: bytes) -> str:
@@ -188,17 +215,6 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encoding
 
-    def _bpe(self, piece: bytes) -> list[int]:
-        """Encode one pre-token: merge the adjacent pair of lowest rank until none is a merge."""
-        ids = list(piece)
-        ranks = self._ranks
-        while len(ids) >= 2:
-            best = min(_pairs(ids), key=lambda p: ranks.get(p, 1 << 62))
-            if best not in ranks:
-                break
-            ids = _merge(ids, best, ranks[best])
-        return ids
-
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ``text`` treating every character as ordinary text (special strings included)."""
         out: list[int] = []
@@ -208,7 +224,7 @@ class Tokenizer:
             if ids is None:
                 if len(cache) >= _CACHE_LIMIT:
                     cache.clear()
-                ids = cache[piece] = tuple(self._bpe(piece.encode("utf-8")))
+                ids = cache[piece] = tuple(bpe_encode(piece.encode("utf-8"), self._ranks))
             out.extend(ids)
         return out
 
@@ -395,7 +411,7 @@ def _learn_merges(words: list[list[int]], freqs: list[int], n_merges: int, progr
         merges.append(pair)
         for w in where.pop(pair):
             word = words[w]
-            new_word = _merge(word, pair, new_id)
+            new_word = merge_pair(word, pair, new_id)
             if len(new_word) == len(word):  # this word lost the pair in an earlier merge
                 continue
             freq = freqs[w]

@@ -20,7 +20,7 @@ from matplotlib.colors import LogNorm, to_rgba
 from llmcourse import plots
 from llmcourse.bigram import CountingBigram, NeuralBigram, sample_bigram
 from llmcourse.data.chars import CharVocab
-from llmcourse.widgets import NextCharExplorer, apply_temperature, bigram_table, next_char_explorer
+from llmcourse.widgets.next_char import NextCharExplorer, apply_temperature, bigram_table, next_char_explorer
 
 
 LABELS = ["\n", " ", "a", "b", "c"]

@@ -19,6 +19,9 @@ from llmcourse.tokenizer import (
     SPECIAL_TOKENS,
     Tokenizer,
     TokenizerFileError,
+    bpe_encode,
+    count_pairs,
+    merge_pair,
 )
 
 # Text a tokenizer must survive: every Unicode category (emoji, combining marks, CJK, controls,
@@ -343,3 +346,34 @@ def test_load_bad_files(tok, tmp_path):
         Tokenizer.load(write("badpat.json", {**data, "pattern": "(unclosed"}))
     with pytest.raises(FileNotFoundError):
         Tokenizer.load(tmp_path / "missing.json")
+
+
+# ----------------------------------------------------------------------------- the BPE building blocks
+
+
+def test_count_pairs_counts_overlapping_pairs():
+    assert count_pairs([1, 1, 1, 2]) == {(1, 1): 2, (1, 2): 1}
+    assert count_pairs([7]) == {} and count_pairs([]) == {}
+
+
+def test_merge_pair_is_left_to_right_without_overlap():
+    assert merge_pair([1, 1, 1, 2, 1, 1], (1, 1), 9) == [9, 1, 2, 9]
+    assert merge_pair([1, 2, 3], (3, 4), 9) == [1, 2, 3]
+    assert merge_pair([], (1, 2), 9) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 3), max_size=30), st.integers(0, 3), st.integers(0, 3))
+def test_merge_pair_keeps_the_bytes(ids, a, b):
+    """Expanding the new id back into its pair gives the original sequence."""
+    merged = merge_pair(ids, (a, b), 99)
+    expanded = [x for i in merged for x in ((a, b) if i == 99 else (i,))]
+    assert expanded == ids and len(merged) == len(ids) - merged.count(99)
+
+
+def test_bpe_encode_applies_merges_in_rank_order():
+    # "abc" with merges bc -> 256 (learned first) and ab -> 257: bc wins although ab comes first.
+    ranks = {(98, 99): 256, (97, 98): 257}
+    assert bpe_encode(b"abc", ranks) == [97, 256]
+    assert bpe_encode(b"abab", {(97, 98): 256, (256, 256): 257}) == [257]
+    assert bpe_encode(b"", ranks) == []

@@ -1,10 +1,4 @@
-"""Interactive explorers for the book's pages (ipywidgets).
-
-An explorer is an ordinary `ipywidgets` box: display it in Jupyter and play with it. Its pictures
-are drawn by the functions of `llmcourse.plots` (the same ones the pages call for their static
-figures, since the website has no kernel) and shown as PNG images, so an explorer also works,
-and can be tested, without a running notebook: set a control's `.value` and read the new state.
-"""
+"""The next-character explorer of chapter 01: a bigram model's predictions, one step at a time."""
 
 from __future__ import annotations
 
