@@ -400,7 +400,7 @@ def _delegation_error(called: str) -> DelegationError:
     caller = frame.f_code.co_name if frame is not None else "<module>"
     who = "your code" if caller.startswith("<") else f"your {caller}"
     return DelegationError(f"{who} called {called}: this task asks you to implement it yourself "
-                           "from basic tensor operations")
+                           "without it (the task says what you may use)")
 
 
 def _delegation_trap(*args, **kwargs):

@@ -312,7 +312,7 @@ def test_forbid_catches_a_saved_reference_and_restores_it():
             student_square_that_delegates(x)
     assert str(caught.value) == (
         f"your student_square_that_delegates called {HERE}.reference_square: this task asks you "
-        "to implement it yourself from basic tensor operations")
+        "to implement it yourself without it (the task says what you may use)")
     assert isinstance(caught.value, AssertionError)
     assert torch.equal(student_square_that_delegates(x), x * x)
     assert torch.equal(SAVED_SQUARE(x), x * x)
@@ -465,7 +465,7 @@ def test_forbid_message_names_the_students_function_and_the_torch_function():
             student_log_softmax_that_delegates(LOGITS)
     assert str(caught.value) == (
         "your student_log_softmax_that_delegates called torch.nn.functional.log_softmax: this "
-        "task asks you to implement it yourself from basic tensor operations")
+        "task asks you to implement it yourself without it (the task says what you may use)")
 
 
 def test_forbid_lets_basic_operations_and_other_ops_through():
