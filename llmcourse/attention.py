@@ -168,7 +168,8 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     """(B, H_kv, T, D) -> (B, H_kv·n_rep, T, D): key/value head g serves query heads g·n_rep .. g·n_rep+n_rep-1.
 
     The same as `torch.repeat_interleave(x, n_rep, dim=1)` (and Llama's `repeat_kv`), written as
-    an expand (a view, no copy) followed by one reshape.
+    an expand (a view, no copy yet) followed by one reshape (which copies, since the expanded
+    view is not contiguous).
     """
     if x.dim() != 4 or n_rep < 1:
         raise ValueError(f"repeat_kv expects x (B, H_kv, T, D) and n_rep >= 1, got shape {tuple(x.shape)}, n_rep={n_rep}")

@@ -17,8 +17,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "llmcourse"))
 
 # With pytest-xdist each core runs its own worker; torch's own threads on top of that
 # oversubscribe the cores and make small tensor ops many times slower.
+# The same holds for the processes tests start (the book's and the grader's Jupyter kernels):
+# they inherit OMP_NUM_THREADS, and one thread each keeps a page's training cells from slowing
+# down tenfold while another worker runs beside them.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):
