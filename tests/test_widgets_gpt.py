@@ -67,22 +67,29 @@ def test_human_units():
     assert human_bytes(3 * 2**30) == "3.00 GiB"
 
 
-def test_explorer_starts_at_its_base_and_follows_the_sliders():
+def test_explorer_starts_at_its_base_and_follows_the_depth_and_width_sliders():
     explorer = config_explorer(small_config())
     assert explorer.config == small_config()
     assert explorer.summary["params"] == counted_params(small_config())
     explorer.n_layer.value = 3
     explorer.n_embd.value = 128
-    explorer.vocab_size.value = 500
-    explorer.block_size.value = 64
-    expected = small_config(n_layer=3, n_embd=128, vocab_size=500, block_size=64)
+    expected = small_config(n_layer=3, n_embd=128)
     assert explorer.config == expected
     assert explorer.summary["params"] == counted_params(expected)
     assert explorer.params == param_breakdown(expected)
     assert explorer.flops == flops_breakdown(expected)
-    assert explorer.summary["kv_cache_bytes"] == 2 * 3 * 4 * 32 * 64 * 2
     assert f"{counted_params(expected):,}" in explorer.message
-    assert explorer.chart.value.startswith(b"\x89PNG")
+    assert bytes(explorer.chart.value)[:4] == b"\x89PNG"
+
+
+def test_explorer_follows_the_vocabulary_and_context_sliders():
+    explorer = config_explorer(small_config())
+    explorer.vocab_size.value = 500
+    explorer.block_size.value = 64
+    expected = small_config(vocab_size=500, block_size=64)
+    assert explorer.summary["params"] == counted_params(expected)
+    assert explorer.summary["kv_cache_bytes"] == 2 * 2 * 4 * 8 * 64 * 2  # 2·L·H·D·T·bytes
+    assert explorer.summary["flops_per_token"] == flops_per_token(expected, 64)
 
 
 def test_explorer_untying_adds_an_output_matrix():

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from llmcourse.attention import CausalSelfAttention, attention_reference, causal_mask, repeat_kv, split_heads
 from llmcourse.plots import char_label, figure_to_png
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = [
     "AttentionExplorer",
@@ -185,7 +186,7 @@ def attention_grid(
     return fig
 
 
-class AttentionExplorer(widgets.VBox):
+class AttentionExplorer(Explorer):
     """Pick a sentence and a head; see that head's attention weights, with or without mask and scaling.
 
     Controls: `sentence` (dropdown), `head` (dropdown), `causal` (checkbox: the causal mask) and
@@ -232,17 +233,10 @@ class AttentionExplorer(widgets.VBox):
         self.scaled = widgets.Checkbox(value=scaled, description="divide by √D")
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
-        for control in (self.sentence, self.head, self.causal, self.scaled):
-            control.observe(self._on_change, names="value")
+        self.watch(self.sentence, self.head, self.causal, self.scaled)
         super().__init__([self.sentence, widgets.HBox([self.head, self.causal, self.scaled]), self.status, self.chart])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Recompute the weights and redraw the heatmap from the current controls."""

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from llmcourse.embedding import cosine_similarity, nearest_neighbours
 from llmcourse.plots import figure_to_png
+from llmcourse.widgets.explorer import Explorer
 
 # One colour per category, in the order the categories are given (matplotlib's qualitative "tab10").
 CATEGORY_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
@@ -121,7 +122,7 @@ def similarity_heatmap(table: torch.Tensor, words: Sequence[str], stoi: Mapping[
     return fig
 
 
-class EmbeddingExplorer(widgets.VBox):
+class EmbeddingExplorer(Explorer):
     """Pick a word; see its k nearest neighbours (by cosine) and where they sit in a PCA projection.
 
     Controls: `word` (a dropdown of the vocabulary, categorised words first) and `k` (slider).
@@ -154,17 +155,10 @@ class EmbeddingExplorer(widgets.VBox):
                                    continuous_update=False)
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
-        self.word.observe(self._on_change, names="value")
-        self.k.observe(self._on_change, names="value")
+        self.watch(self.word, self.k)
         super().__init__([widgets.HBox([self.word, self.k]), self.status, self.chart])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Recompute the neighbours and redraw the projection for the current word and k."""

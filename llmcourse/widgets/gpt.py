@@ -21,6 +21,7 @@ from matplotlib.patches import FancyBboxPatch
 from llmcourse.attention import kv_cache_bytes
 from llmcourse.model import GPTConfig, count_params, flops_per_token, param_breakdown
 from llmcourse.plots import figure_to_png
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = [
     "FLOP_PARTS",
@@ -220,7 +221,7 @@ def architecture_figure(config: GPTConfig, batch: int = 1, seq_len: int | None =
     return fig
 
 
-class GPTConfigExplorer(widgets.VBox):
+class GPTConfigExplorer(Explorer):
     """Sliders for a GPT config; see its parameters, FLOPs per token and KV cache, all closed form.
 
     Controls: `n_layer`, `n_embd`, `n_head`, `vocab_size`, `block_size` (sliders) and
@@ -240,8 +241,9 @@ class GPTConfigExplorer(widgets.VBox):
         self.figure: Figure | None = None
 
         def slider(value: int, low: int, high: int, step: int, description: str) -> widgets.IntSlider:
-            return widgets.IntSlider(value=value, min=low, max=max(high, value), step=step, description=description,
-                                     continuous_update=False, style={"description_width": "7em"})
+            return widgets.IntSlider(value=value, min=min(low, value), max=max(high, value), step=step,
+                                     description=description, continuous_update=False,
+                                     style={"description_width": "7em"})
 
         self.n_layer = slider(base.n_layer, 1, 96, 1, "n_layer (L)")
         self.n_embd = slider(base.n_embd, 64, 12288, 64, "n_embd (C)")
@@ -252,18 +254,11 @@ class GPTConfigExplorer(widgets.VBox):
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
         controls = [self.n_layer, self.n_embd, self.n_head, self.vocab_size, self.block_size, self.tie_weights]
-        for control in controls:
-            control.observe(self._on_change, names="value")
+        self.watch(*controls)
         super().__init__([widgets.HBox([widgets.VBox(controls[:3]), widgets.VBox(controls[3:])]),
                           self.status, self.chart])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Rebuild the config from the controls and redraw (or explain why it is invalid)."""

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, attention_reference
 from llmcourse.plots import char_label, figure_to_png
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = [
     "HeadExplorer",
@@ -220,7 +221,7 @@ def _box(x: float, y: float, colour: Any, fill: bool) -> FancyBboxPatch:
 # ---------------------------------------------------------------- the explorer
 
 
-class HeadExplorer(widgets.VBox):
+class HeadExplorer(Explorer):
     """Choose a layer, a head and a sentence; see that head's attention map on that sentence.
 
     Controls: `layer` and `head` (dropdowns), `sentence` (a combo box: pick an example or type).
@@ -257,17 +258,10 @@ class HeadExplorer(widgets.VBox):
                                          description="sentence", layout=widgets.Layout(width="40em"))
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
-        for control in (self.layer, self.head, self.sentence):
-            control.observe(self._on_change, names="value")
+        self.watch(self.layer, self.head, self.sentence)
         super().__init__([widgets.HBox([self.layer, self.head]), self.sentence, self.status, self.chart])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Recompute (if the sentence changed) and redraw the chosen head's map."""

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from llmcourse.mlp import load_balancing_loss, top_k_route
 from llmcourse.plots import char_label, figure_to_png
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = ["MoERoutingExplorer", "RoutingStats", "moe_routing_explorer", "routing_figure", "routing_stats",
            "synthetic_router_logits"]
@@ -138,7 +139,7 @@ def synthetic_router_logits(n_experts: int, *, n_tokens: int = 256, n_embd: int 
     return logits
 
 
-class MoERoutingExplorer(widgets.VBox):
+class MoERoutingExplorer(Explorer):
     """Change a router and see where the tokens go, how the load spreads, and the balancing loss.
 
     Controls: `n_experts`, `top_k` (its maximum follows n_experts), `sharpness` (scale of the
@@ -166,18 +167,13 @@ class MoERoutingExplorer(widgets.VBox):
         self.renormalize = widgets.Checkbox(value=True, description="renormalise top-k weights (Mixtral)")
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
-        for control in (self.n_experts, self.top_k, self.sharpness, self.favour, self.renormalize):
-            control.observe(self._on_change, names="value")
+        self.watch(self.n_experts, self.top_k, self.sharpness, self.favour, self.renormalize)
         super().__init__([
             widgets.HBox([self.n_experts, self.top_k, self.renormalize]),
             widgets.HBox([self.sharpness, self.favour]),
             self.status, self.chart,
         ])
         self.refresh()
-
-    @property
-    def message(self) -> str:
-        return self.status.value
 
     def _on_change(self, change: dict) -> None:
         if change["owner"] is self.n_experts:

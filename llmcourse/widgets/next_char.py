@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from llmcourse.bigram import CountingBigram, NeuralBigram, sample_bigram
 from llmcourse.data.chars import CharVocab
 from llmcourse.plots import char_label, figure_to_png, next_token_bars
+from llmcourse.widgets.explorer import Explorer
 
 
 def bigram_table(model: CountingBigram | NeuralBigram | torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -57,7 +58,7 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(torch.log(probs) / temperature, dim=-1)
 
 
-class NextCharExplorer(widgets.VBox):
+class NextCharExplorer(Explorer):
     """Type a context; see the bigram model's next-character distribution and a sampled continuation.
 
     Controls: `context` (text), `temperature` (slider) and `resample` (button, draws a new seed).
@@ -106,8 +107,7 @@ class NextCharExplorer(widgets.VBox):
         self.chart = widgets.Image(format="png")
         self.sample_view = widgets.HTML()
 
-        self.context.observe(self._on_change, names="value")
-        self.temperature.observe(self._on_change, names="value")
+        self.watch(self.context, self.temperature)
         self.resample.on_click(self._on_resample)
         super().__init__([
             widgets.HBox([self.context, self.temperature, self.resample]),
@@ -115,12 +115,6 @@ class NextCharExplorer(widgets.VBox):
         ])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def _on_resample(self, button: widgets.Button) -> None:
         self.seed += 1

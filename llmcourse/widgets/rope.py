@@ -25,6 +25,7 @@ from torch import Tensor
 
 from llmcourse.plots import figure_to_png
 from llmcourse.position import apply_rope
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = [
     "DEFAULT_KEY",
@@ -40,7 +41,7 @@ QUERY_COLOR = "tab:blue"
 KEY_COLOR = "tab:orange"
 # Two arrows of different lengths and directions, so that neither hides the other.
 DEFAULT_QUERY = (1.0, 0.25)
-DEFAULT_KEY = (-0.3, 0.85)
+DEFAULT_KEY = (-0.3, 0.8)
 
 
 def _as_pair(vector: Tensor | Sequence[float], name: str) -> Tensor:
@@ -143,13 +144,13 @@ def rope_grid_figure(
             row_dots.append(dot)
         row[0].set_ylabel(f"m − n = {offset}")
         dot_products.append(row_dots)
-    fig.suptitle(f"q (blue) at m, k (orange) at n, θ = {theta:.2f} rad/position: "
+    fig.suptitle(f"q (blue) at m, k (orange) at n, θ = {theta:.2f} rad/position\n"
                  "shifting both (left to right) turns the arrows, q·k stays")
     fig.dot_products = dot_products
     return fig
 
 
-class RopePairExplorer(widgets.VBox):
+class RopePairExplorer(Explorer):
     """Sliders for the positions m (query) and n (key), a shift applied to both, and the speed θ.
 
     State a caller (or a test) can read after any change: `m_total` and `n_total` (the positions
@@ -193,19 +194,12 @@ class RopePairExplorer(widgets.VBox):
                                          continuous_update=False, readout_format=".2f")
         self.status = widgets.HTML()
         self.chart = widgets.Image(format="png")
-        for control in (self.m, self.n, self.shift, self.theta):
-            control.observe(self._on_change, names="value")
+        self.watch(self.m, self.n, self.shift, self.theta)
         super().__init__([
             widgets.HBox([self.m, self.n]), widgets.HBox([self.shift, self.theta]), self.status, self.chart,
         ])
         self.refresh()
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Turn both vectors to the current positions and redraw."""

@@ -18,6 +18,7 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 
 from llmcourse.tokenizer import Tokenizer
+from llmcourse.widgets.explorer import Explorer
 
 __all__ = [
     "TOKEN_COLORS",
@@ -160,7 +161,7 @@ def _doubling_sizes(largest: int) -> list[int]:
     return sizes + [largest] if largest > 256 else sizes
 
 
-class TokenExplorer(widgets.VBox):
+class TokenExplorer(Explorer):
     """Type text; see it cut into tokens (coloured, with ids) at the vocabulary size you pick.
 
     Controls: `text` (a text area) and `vocab_size` (toggle buttons). State a caller (or a test)
@@ -203,8 +204,7 @@ class TokenExplorer(widgets.VBox):
         )
         self.status = widgets.HTML()
         self.view = widgets.HTML()
-        self.text.observe(self._on_change, names="value")
-        self.vocab_size.observe(self._on_change, names="value")
+        self.watch(self.text, self.vocab_size)
         super().__init__([self.text, self.vocab_size, self.status, self.view])
         self.refresh()
 
@@ -220,12 +220,6 @@ class TokenExplorer(widgets.VBox):
     def tokens_per_char(self) -> float:
         return self.n_tokens / len(self.text.value) if self.text.value else 0.0
 
-    @property
-    def message(self) -> str:
-        return self.status.value
-
-    def _on_change(self, change: dict) -> None:
-        self.refresh()
 
     def refresh(self) -> None:
         """Re-encode the text with the selected vocabulary and redraw."""
