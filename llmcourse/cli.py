@@ -4,6 +4,8 @@
     python -m llmcourse course check   [ASSIGNMENT ...]
     python -m llmcourse course start   ASSIGNMENT [--to DIR]
     python -m llmcourse course grade   ASSIGNMENT [--student S ...] [--timeout S] [--memory GB]
+    python -m llmcourse pretrain --config cpu-tiny [key=value ...] [--resume]
+    python -m llmcourse sample   --checkpoint PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--greedy]
 
 Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
 """
@@ -86,6 +88,35 @@ def _add_course_commands(commands: argparse._SubParsersAction) -> None:
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_training_commands(commands: argparse._SubParsersAction) -> None:
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="pretrain a GPT from scratch (chapters 09-10)",
+        description="Train a tokenizer on the corpus, tokenize it once, then pretrain a GPT, writing "
+        "checkpoints and metrics.jsonl to out_dir. Runs on several GPUs under torchrun. Named configs: "
+        "cpu-tiny (about 10 minutes on 2 CPU cores), gpu-small (GPT-2 small's shape on one GPU).",
+    )
+    pretrain.add_argument("--config", default="cpu-tiny", metavar="NAME",
+                          help="a named config (default: %(default)s)")
+    pretrain.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="change a setting, e.g. max_steps=200 out_dir=runs/a model.n_layer=6")
+    pretrain.add_argument("--resume", action="store_true", help="carry on from out_dir/ckpt.pt if it exists")
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sample = commands.add_parser(
+        "sample", help="write text with a trained model",
+        description="Load a checkpoint written by pretrain and continue a prompt.",
+    )
+    sample.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
+                        help="e.g. runs/cpu-tiny/ckpt.pt")
+    sample.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    sample.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="default: %(default)s")
+    sample.add_argument("--temperature", type=_positive_float, default=0.8, metavar="T",
+                        help="default: %(default)s")
+    sample.add_argument("--greedy", action="store_true", help="always take the likeliest token (temperature 0)")
+    sample.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llmcourse",
@@ -93,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_course_commands(commands)
+    _add_training_commands(commands)
     return parser
 
 
@@ -149,6 +181,58 @@ def _grade(root: Path, args: argparse.Namespace) -> int:
 _ACTIONS = {"release": _release, "check": _check, "start": _start, "grade": _grade}
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from llmcourse import train  # imported here: `course` commands need no torch start-up
+
+    config = train.get_config(args.config, args.overrides)
+    checkpoint = Path(config.out_dir) / train.CHECKPOINT_NAME
+    if args.resume and checkpoint.is_file():
+        trainer = train.Trainer.resume(checkpoint, args.overrides, progress=not args.no_progress)
+        print(f"resuming {checkpoint} at step {trainer.step}")
+    elif checkpoint.is_file():
+        raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another "
+                         f"out_dir (or delete it) to start afresh")
+    else:
+        trainer = train.Trainer(config, progress=not args.no_progress)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    if trainer.dist.is_main:
+        print(f"checkpoint: {checkpoint}")
+        print(f"metrics:    {Path(config.out_dir) / train.METRICS_NAME}")
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from llmcourse import train
+
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+    model, tokenizer = train.load_model(args.checkpoint)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
+    text = train.generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
+                               0.0 if args.greedy else args.temperature, generator=generator)
+    print(args.prompt + text)
+    return 0
+
+
+_COMMANDS = {"pretrain": _pretrain, "sample": _sample}
+
+
+def _run_training_command(args: argparse.Namespace) -> int:
+    """Run pretrain or sample; a bad setting, a missing file or a diverged run is a message, not a traceback."""
+    from llmcourse.train import TrainingDivergedError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, TrainingDivergedError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
 def _course_root(option: Path | None) -> Path:
     if option is None:
         return course.find_course_root()
@@ -164,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit_:  # argparse exits on --help (0) and on bad arguments (2)
         return int(exit_.code or 0)
     try:
-        return _ACTIONS[args.action](_course_root(args.root), args)  # `course` is the only command yet
+        if args.command in _COMMANDS:
+            return _run_training_command(args)
+        return _ACTIONS[args.action](_course_root(args.root), args)
     except course.CourseError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

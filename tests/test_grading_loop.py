@@ -39,7 +39,7 @@ import pytest
 import llmcourse
 from llmcourse import course
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("grading")]
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = course.list_assignments(ROOT)
@@ -211,10 +211,25 @@ def build_submissions(root: Path, assignment: str) -> tuple[dict[str, dict[str, 
 
 @pytest.fixture(
     scope="module",
-    params=ASSIGNMENTS or [pytest.param(None, marks=pytest.mark.skip(reason="no assignment under solutions/ yet"))],
+    # One xdist group per assignment: its tests share one grading run on one worker, and the
+    # assignments spread over the workers.
+    params=[pytest.param(a, marks=pytest.mark.xdist_group(f"grading-{a}")) for a in ASSIGNMENTS]
+    or [pytest.param(None, marks=pytest.mark.skip(reason="no assignment under solutions/ yet"))],
 )
 def graded(request, tmp_path_factory) -> Graded:
     assignment = request.param
+    # pytest may tear a module fixture down and set it up again between two tests of the same
+    # parameter (when a worker receives them in separate batches): grade each assignment once.
+    if assignment in _GRADED:
+        return _GRADED[assignment]
+    _GRADED[assignment] = _grade(assignment, tmp_path_factory)
+    return _GRADED[assignment]
+
+
+_GRADED: dict[str, Graded] = {}
+
+
+def _grade(assignment: str, tmp_path_factory) -> Graded:
     root = tmp_path_factory.mktemp(f"course-{assignment}")
     shutil.copy(ROOT / course.CONFIG_FILE, root / course.CONFIG_FILE)
     shutil.copytree(ROOT / course.SOLUTIONS_DIR / assignment, root / course.SOLUTIONS_DIR / assignment)
