@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llmcourse.files import atomic_write
+
 SOLUTIONS_DIR = "solutions"
 EXERCISES_DIR = "exercises"
 WORK_DIR = "work"
@@ -115,14 +117,6 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_file(path: Path) -> str:
     return sha256_bytes(Path(path).read_bytes())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file and a rename, so a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
 
 
 def _one_line(text: object, limit: int = 160) -> str:
@@ -418,7 +412,7 @@ def plan_release(root: Path, generated: dict[str, bytes], scope: Iterable[str]) 
 def _apply_release(root: Path, plan: ReleasePlan) -> None:
     exercises = Path(root) / EXERCISES_DIR
     for relative, content in plan.write.items():
-        _write_atomically(exercises / relative, content)
+        atomic_write(exercises / relative, lambda file: file.write(content))
     for relative in plan.remove:
         target = exercises / relative
         target.unlink()
@@ -430,7 +424,7 @@ def _apply_release(root: Path, plan: ReleasePlan) -> None:
     new_manifest = manifest_bytes(plan.manifest)
     path = manifest_path(root)
     if not path.exists() or path.read_bytes() != new_manifest:
-        _write_atomically(path, new_manifest)
+        atomic_write(path, lambda file: file.write(new_manifest))
 
 
 def release(root: Path, assignments: Sequence[str] = (), *, force: bool = False) -> ReleasePlan:

@@ -22,7 +22,6 @@ import dataclasses
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, KVCache
 from llmcourse.embedding import TokenEmbedding
+from llmcourse.files import atomic_write
 from llmcourse.mlp import MoE, default_hidden, make_mlp
 from llmcourse.norm import LayerNorm, make_norm
 from llmcourse.position import LearnedPositions, RotaryEmbedding, SinusoidalPositions
@@ -409,16 +409,7 @@ class GPT(nn.Module):
         path = Path(path)
         checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
                       "config": self.config.to_dict(), "state_dict": self.state_dict()}
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda file: torch.save(checkpoint, file))
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None, **swaps: Any) -> GPT:

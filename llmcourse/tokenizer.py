@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import regex
 from tqdm.auto import tqdm
+
+from llmcourse.files import atomic_write
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -338,16 +339,7 @@ class Tokenizer:
         text = json.dumps(header, indent=1, ensure_ascii=False)[:-2]
         body = "[\n" + ",\n".join("  " + m for m in merges) + "\n ]" if merges else "[]"
         text += ',\n "merges": ' + body + "\n}\n"
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda file: file.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:

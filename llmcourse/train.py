@@ -24,7 +24,6 @@ import math
 import os
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from tqdm.auto import tqdm
 from llmcourse.data.download import corpus, resolve_cache_dir
 from llmcourse.data.tokens import TokenFile, get_batch, tokenize_to_file
 from llmcourse.device import default_device, seed_everything
+from llmcourse.files import atomic_write
 from llmcourse.model import GPT, GPTConfig, flops_per_token
 from llmcourse.optim import clip_grad_norm, lr_at, make_optimizer
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
@@ -599,7 +599,7 @@ class Trainer:
         if not self.dist.is_main:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.checkpoint_state(), path)
+        atomic_write(path, lambda file: torch.save(self.checkpoint_state(), file))
         return path
 
     def load_state(self, checkpoint: dict[str, Any]) -> None:
@@ -622,19 +622,6 @@ class Trainer:
         trainer = cls(config, **parts)
         trainer.load_state(checkpoint)
         return trainer
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)  # atomic: readers see the old file or the new one, never half
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(path: Path) -> str:

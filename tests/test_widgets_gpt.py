@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from llmcourse.model import GPT, GPTConfig, count_params, flops_per_token, param_breakdown
+from llmcourse.model import GPT, GPTConfig, flops_per_token, param_breakdown
 from llmcourse.widgets.gpt import (
     FLOP_PARTS,
     PARAM_PARTS,

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from llmcourse.attention import CausalSelfAttention, attention_fast, merge_heads, repeat_kv, split_heads
+from llmcourse.attention import attention_fast, repeat_kv, split_heads
 from llmcourse.data.chars import CharVocab
 from llmcourse.model import GPT, GPTConfig
 from llmcourse.widgets.heads import (

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from llmcourse.data.pysource import _read_source, python_source_files
 from llmcourse.data.tinyworld import documents
-from llmcourse.data.tokens import _atomic_path
+from llmcourse.files import atomic_path
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -131,7 +131,7 @@ def _download_raw(source: RawText, folder: Path, progress: bool | None) -> Path:
         if _sha256_of(path) == source.sha256:
             return path
         warnings.warn(f"cached {str(path)!r} fails its checksum (damaged?); downloading it again", stacklevel=3)
-    with _atomic_path(path) as temporary:
+    with atomic_path(path) as temporary:
         digest = _fetch(source.url, temporary, progress)
         if digest != source.sha256:
             raise DownloadError(
@@ -171,7 +171,7 @@ def _download_hf(name: str, source: HFDataset, folder: Path, progress: bool | No
     rows = datasets.load_dataset(source.repo, name=source.config, split=source.split, streaming=True)
     digest = hashlib.sha256()
     n_documents = n_chars = 0
-    with _atomic_path(manifest_path) as temporary_manifest, _atomic_path(path) as temporary:
+    with atomic_path(manifest_path) as temporary_manifest, atomic_path(path) as temporary:
         with open(temporary, "wb") as file, _bar(progress, f"downloading {name}", "char", source.max_chars) as bar:
             for row in rows:
                 text = row[source.column]

@@ -59,10 +59,11 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from itertools import product
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from llmcourse.files import atomic_path
 
 __all__ = [
     "Character",
@@ -1195,25 +1196,19 @@ def write_corpus(
     kinds = _check_kinds(kinds)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     separator = SEPARATOR.encode()
     written = 0
-    try:
-        with open(temporary, "wb") as file, tqdm(
-            total=n_bytes, unit="B", unit_scale=True, desc=f"writing {path.name}", disable=not progress
-        ) as bar:
-            if n_bytes > 0:
-                for document in documents(seed, kinds, world=world):
-                    data = (separator if written else b"") + document.encode("utf-8")
-                    file.write(data)
-                    written += len(data)
-                    bar.update(len(data))
-                    if written >= n_bytes:
-                        break
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as file, tqdm(
+        total=n_bytes, unit="B", unit_scale=True, desc=f"writing {path.name}", disable=not progress
+    ) as bar:
+        if n_bytes > 0:
+            for document in documents(seed, kinds, world=world):
+                data = (separator if written else b"") + document.encode("utf-8")
+                file.write(data)
+                written += len(data)
+                bar.update(len(data))
+                if written >= n_bytes:
+                    break
     return path
 
 

@@ -25,10 +25,8 @@ import json
 import multiprocessing
 import os
 import sys
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llmcourse.files import atomic_path
 from llmcourse.tokenizer import ENDOFTEXT
 
 __all__ = [
@@ -140,7 +139,7 @@ def tokenize_to_file(
         disable=progress is False, delay=1.0 if progress is None else 0.0,
     )
     # Renamed in reverse order of entry: the ids first, then the sidecar that vouches for them.
-    with bar, _atomic_path(sidecar) as temporary_json, _atomic_path(path) as temporary_bin:
+    with bar, atomic_path(sidecar) as temporary_json, atomic_path(path) as temporary_bin:
         with open(temporary_bin, "wb") as file:
             for chunk, ids in _encode_chunks(_chunks(texts), tokenizer, separator_id, dtype, workers):
                 ids.tofile(file)
@@ -244,20 +243,6 @@ def _init_worker(tokenizer: TokenizerLike, separator_id: int | None, dtype: np.d
 
 def _encode_in_worker(documents: list[str]) -> np.ndarray:
     return _encode_chunk(documents, *_worker_args)
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it if the block succeeds, deleted if not."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    temporary = Path(name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:  # KeyboardInterrupt too: never leave a partial file behind
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _sidecar_path(path: Path) -> Path:
