@@ -15,24 +15,13 @@ the point).
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 
 from llmcourse.attention import attention_fast, attention_reference
 from llmcourse.model import GPT, GPTConfig
 
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` calls, in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time  # bench/timing.py (python puts the script's folder on sys.path)
 
 
 def reference_attention(q, k, v, causal):

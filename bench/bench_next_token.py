@@ -7,8 +7,6 @@ Prints one table; compare the ratios (machines are noisy, absolute seconds are n
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +14,7 @@ import torch.nn.functional as F
 from llmcourse.bigram import count_bigrams
 from llmcourse.losses import cross_entropy, log_softmax
 
-
-def best_time(fn: Callable[[], object], repeats: int) -> float:
-    """Best wall time of `repeats` calls, in seconds, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time  # bench/timing.py (python puts the script's folder on sys.path)
 
 
 def count_bigrams_loop(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
