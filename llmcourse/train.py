@@ -200,12 +200,13 @@ def _parse_value(key: str, text: str, annotation: str) -> Any:
 
 
 CONFIGS: dict[str, TrainConfig] = {
-    # Readable TinyWorld stories within minutes on 2 CPU cores (measured: 600 steps in 2 min 42 s, val loss 0.40).
+    # Readable TinyWorld stories within minutes on 2 CPU cores (book/runs/cpu-tiny/run.json has the
+    # recorded run: its time, machine and losses).
     "cpu-tiny": TrainConfig(
-        corpus_chars=8_000_000, vocab_size=1024,
+        corpus_chars=16_000_000, vocab_size=1024,
         model={"n_layer": 4, "n_head": 4, "n_embd": 128},
-        batch_size=32, block_size=128, max_steps=600, lr=2e-3, min_lr=2e-4, warmup_steps=60,
-        eval_every=200, eval_batches=10, sample_every=300, checkpoint_every=300, log_every=10,
+        batch_size=32, block_size=128, max_steps=1500, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+        eval_every=100, eval_batches=10, sample_every=500, checkpoint_every=500, log_every=10,
         out_dir="runs/cpu-tiny",
     ),
     # GPT-2 small's shape (12 layers, 12 heads, width 768, 1024 positions) on one GPU, bf16.
@@ -618,6 +619,9 @@ class Trainer:
     def resume(cls, path: str | os.PathLike, overrides: Sequence[str] = (), **parts: Any) -> Trainer:
         """A Trainer that carries on from the checkpoint at `path` (its config, plus `overrides`)."""
         checkpoint = load_checkpoint(path)
+        if "optimizer" not in checkpoint:
+            raise CheckpointError(f"{path} holds the weights only (save_weights), not a run to resume; "
+                                  f"resume from the run's {CHECKPOINT_NAME}")
         config = from_overrides(TrainConfig(**checkpoint["config"]), overrides)
         trainer = cls(config, **parts)
         trainer.load_state(checkpoint)
@@ -680,18 +684,44 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Tokenizer]:
-    """The trained model (in eval mode) and its tokenizer from a training checkpoint."""
+    """The trained model (in eval mode) and its tokenizer from a training checkpoint or a
+    `save_weights` file. The tokenizer is the file the run used or, if that has gone (a run folder
+    that was moved or copied), the `tokenizer.json` beside the checkpoint; either must be the same
+    file (sha256) the model was trained with."""
+    path = Path(path)
     checkpoint = load_checkpoint(path)
     model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
-    info = checkpoint["tokenizer"]
-    if not info["path"] or not Path(info["path"]).is_file():
-        raise CheckpointError(f"{path}: its tokenizer file {info['path']!r} is missing; "
-                              f"copy the run's {TOKENIZER_NAME} back or retrain")
-    if _sha256(Path(info["path"])) != info["sha256"]:
-        raise CheckpointError(f"{path}: the tokenizer at {info['path']} is not the one it was trained "
+    tokenizer_path = _tokenizer_of(path, checkpoint["tokenizer"])
+    return model.to(device or default_device()).eval(), Tokenizer.load(tokenizer_path)
+
+
+def _tokenizer_of(checkpoint_path: Path, info: dict[str, Any]) -> Path:
+    candidates = [Path(info["path"])] if info["path"] else []
+    candidates.append(checkpoint_path.parent / TOKENIZER_NAME)
+    found = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{checkpoint_path}: its tokenizer file {info['path']!r} is missing; "
+                              f"copy the run's {TOKENIZER_NAME} beside the checkpoint or retrain")
+    if _sha256(found) != info["sha256"]:
+        raise CheckpointError(f"{checkpoint_path}: the tokenizer at {found} is not the one it was trained "
                               "with (different sha256); restore the original file")
-    return model.to(device or default_device()).eval(), Tokenizer.load(info["path"])
+    return found
+
+
+def save_weights(checkpoint_path: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the model of a training checkpoint without its optimizer state (a third of the size),
+    with the run's tokenizer beside it: what sampling and fine-tuning need, not resuming."""
+    checkpoint_path, path = Path(checkpoint_path), Path(path)
+    checkpoint = load_checkpoint(checkpoint_path)
+    tokenizer = _tokenizer_of(checkpoint_path, checkpoint["tokenizer"])
+    weights = {key: checkpoint[key] for key in ("format", "version", "step", "config", "model_config", "model")}
+    weights["tokenizer"] = {"path": None, "sha256": checkpoint["tokenizer"]["sha256"]}  # the file beside it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tokenizer.resolve() != (path.parent / TOKENIZER_NAME).resolve():
+        atomic_write(path.parent / TOKENIZER_NAME, lambda file: file.write(tokenizer.read_bytes()))
+    atomic_write(path, lambda file: torch.save(weights, file))
+    return path
 
 
 @torch.no_grad()

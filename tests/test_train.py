@@ -186,6 +186,24 @@ def test_checkpoint_errors_name_the_problem(data_dir, tmp_path):
         load_model(tmp_path / train.CHECKPOINT_NAME)
 
 
+def test_saved_weights_are_a_third_of_the_checkpoint_and_travel_with_their_tokenizer(data_dir, tmp_path):
+    trainer = Trainer(micro_config(data_dir, tmp_path / "run", "max_steps=2"), progress=False)
+    trainer.train()
+    weights = train.save_weights(tmp_path / "run" / train.CHECKPOINT_NAME, tmp_path / "export" / "model.pt")
+    assert weights.stat().st_size < 0.5 * (tmp_path / "run" / train.CHECKPOINT_NAME).stat().st_size
+    moved = tmp_path / "moved"
+    (tmp_path / "export").rename(moved)  # a copied or moved folder still loads: the tokenizer is beside it
+    model, tokenizer = load_model(moved / "model.pt", device="cpu")
+    for name, value in trainer.raw_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value)
+    assert tokenizer == trainer.tokenizer
+    with pytest.raises(train.CheckpointError, match="weights only"):
+        Trainer.resume(moved / "model.pt", progress=False)
+    (moved / train.TOKENIZER_NAME).unlink()
+    with pytest.raises(train.CheckpointError, match="tokenizer file None is missing"):
+        load_model(moved / "model.pt")
+
+
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
     trainer = Trainer(micro_config(data_dir, tmp_path, "checkpoint_every=2"), progress=False)
 

@@ -1,0 +1,122 @@
+"""Tests for the recorded runs that chapter 10 shows (book/runs/) and the script that records them.
+
+The page reads these files instead of training, so they must be what the package's current
+config produces (else the page is stale) and real (the weights predict TinyWorld text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmcourse import train
+from llmcourse.data.download import corpus
+from llmcourse.tokenizer import ENDOFTEXT
+from llmcourse.train import CONFIGS, Trainer, from_overrides, load_model, read_metrics
+
+RUNS = Path(__file__).resolve().parents[1] / "book" / "runs"
+
+
+def load_record_script():
+    spec = importlib.util.spec_from_file_location("record", RUNS / "record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def without_out_dir(config: dict) -> dict:
+    return {key: value for key, value in config.items() if key != "out_dir"}
+
+
+# ----------------------------------------------------------------------------- the recorded runs
+
+
+def test_the_recorded_run_is_the_current_cpu_tiny_config():
+    run = json.loads((RUNS / "cpu-tiny" / "run.json").read_text())
+    current = without_out_dir(dataclasses.asdict(CONFIGS["cpu-tiny"]))
+    assert without_out_dir(run["config"]) == current, (
+        "CONFIGS['cpu-tiny'] changed since book/runs/cpu-tiny was recorded: run "
+        "`.venv/bin/python book/runs/record.py pretrain` and commit the new run")
+    assert run["steps"] == current["max_steps"]
+
+
+def test_the_recorded_run_learned_and_its_samples_cover_the_run():
+    metrics = read_metrics(RUNS / "cpu-tiny")
+    val = [record["val_loss"] for record in metrics if "val_loss" in record]
+    assert len(val) >= 5 and all(later < earlier for earlier, later in zip(val, val[1:]))
+    assert val[-1] < 0.6 < math.log(1024)  # far below guessing uniformly among 1024 tokens
+    samples = json.loads((RUNS / "cpu-tiny" / "samples.json").read_text())
+    steps = sorted({sample["step"] for sample in samples})
+    assert steps[0] == 0 and steps[-1] == CONFIGS["cpu-tiny"].max_steps
+
+
+def test_the_recorded_weights_predict_unseen_tinyworld_text():
+    """Independent of the run's own log: the saved model's loss on stories of the same world that
+    come after everything it was trained or validated on (the corpus is generated in order)."""
+    model, tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")
+    trained_chars = CONFIGS["cpu-tiny"].corpus_chars
+    unseen = list(corpus("tinyworld", trained_chars + 100_000))[-100:]  # the run stopped at trained_chars
+    end = tokenizer.special_tokens[ENDOFTEXT]
+    ids = torch.tensor([i for document in unseen for i in [end, *tokenizer.encode_ordinary(document)]])
+    block = model.config.block_size
+    windows = ids[: (len(ids) - 1) // block * block + 1].unfold(0, block + 1, block)[:32]  # (32, block + 1)
+    with torch.no_grad():
+        _, loss = model(windows[:, :-1], windows[:, 1:])
+    recorded = [record["val_loss"] for record in read_metrics(RUNS / "cpu-tiny") if "val_loss" in record][-1]
+    assert abs(loss.item() - recorded) < 0.1
+
+
+def test_the_scaling_runs_share_data_and_steps_and_differ_in_size():
+    runs = {size: json.loads((RUNS / "scaling" / size / "run.json").read_text())
+            for size in ("xs", "s", "m")}
+    shared = [{k: v for k, v in without_out_dir(run["config"]).items() if k != "model"} for run in runs.values()]
+    assert shared[0] == shared[1] == shared[2]
+    params = [run["params"] for run in runs.values()]
+    assert params == sorted(params) and len(set(params)) == 3
+    final = [[r["val_loss"] for r in read_metrics(RUNS / "scaling" / size) if "val_loss" in r][-1] for size in runs]
+    assert final == sorted(final, reverse=True)  # bigger is better at equal steps, here
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+TINY = ["corpus_chars=40000", "vocab_size=300", "batch_size=4", "block_size=16", "max_steps=12",
+        "warmup_steps=2", "eval_every=4", "eval_batches=2", "log_every=2", "device=cpu"]
+
+
+def test_record_pretrain_writes_a_loadable_run_and_sampling_does_not_change_training(tmp_path):
+    record = load_record_script()
+    overrides = [*TINY, f"data_dir={tmp_path / 'data'}"]
+    run = record.record_pretrain(tmp_path / "run", overrides, progress=False)
+    assert run["steps"] == 12 and run["params"] > 0 and run["machine"]["torch"] == torch.__version__
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [
+        "metrics.jsonl", "model.pt", "run.json", "samples.json", "tokenizer.json"]
+    samples = json.loads((tmp_path / "run" / "samples.json").read_text())
+    assert [s["step"] for s in samples] == [step for step in (0, 10, 12) for _ in record.PROMPTS]
+    assert all(isinstance(s["sample"], str) for s in samples)
+    model, _ = load_model(tmp_path / "run" / "model.pt", device="cpu")
+    # The same config trained straight through, without stopping to sample, ends at the same weights.
+    straight = Trainer(from_overrides(CONFIGS["cpu-tiny"], [*overrides, f"out_dir={tmp_path / 'straight'}"]),
+                       progress=False)
+    straight.train()
+    for name, value in straight.raw_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    logged = [r["loss"] for r in read_metrics(tmp_path / "run") if "loss" in r]
+    assert logged == [r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r]
+
+
+def test_record_scaling_trains_each_size_on_the_same_data(tmp_path, monkeypatch):
+    record = load_record_script()
+    monkeypatch.setattr(record, "SCALING_MODELS", {
+        "xs": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "s": {"n_layer": 1, "n_head": 2, "n_embd": 32}})
+    runs = record.record_scaling(tmp_path, [*TINY, "max_steps=4", f"data_dir={tmp_path / 'data'}"], progress=False)
+    assert list(runs) == ["xs", "s"] and runs["xs"]["params"] < runs["s"]["params"]
+    for size in runs:
+        assert json.loads((tmp_path / size / "run.json").read_text())["config"]["max_steps"] == 4
+        assert [r["step"] for r in read_metrics(tmp_path / size) if "val_loss" in r] == [4]
