@@ -19,6 +19,7 @@ that names what happened, which leaves only deliberate, visible cheating for the
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -618,13 +619,26 @@ def _code_file(function: object) -> str:
     return getattr(getattr(function, "__code__", None), "co_filename", "")
 
 
+# The methods @dataclass writes for a class: their code comes from exec ("<string>") or from the
+# dataclasses module itself (__repr__'s recursion guard), not from the package's files.
+_DATACLASS_METHODS = {"__init__", "__repr__", "__eq__", "__hash__", "__lt__", "__le__", "__gt__", "__ge__",
+                      "__setattr__", "__delattr__", "__getstate__", "__setstate__"}
+
+
+def _made_by_dataclass(cls: type, name: str, member: object) -> bool:
+    return (dataclasses.is_dataclass(cls) and name in _DATACLASS_METHODS
+            and _code_file(getattr(member, "__wrapped__", member)) in ("<string>", dataclasses.__file__)
+            and getattr(member, "__qualname__", "") == f"{cls.__qualname__}.{name}")
+
+
 def _reference_problems(path: str) -> list[str]:
     """A reference must still be the package's own code. A function: every layer of it
     (decorators included) defined in llmcourse or torch, the innermost in llmcourse. A class:
     defined in an llmcourse module, its methods in llmcourse or torch."""
     target = _resolve(path)
     if isinstance(target, type):
-        members = [getattr(member, "__func__", member) for member in vars(target).values()]
+        members = [getattr(member, "__func__", member) for name, member in vars(target).items()
+                   if not _made_by_dataclass(target, name, member)]
         layers = [layer for member in members if isinstance(member, types.FunctionType)
                   for layer in _wrapper_layers(member)]
         defined_in_package = target.__module__.split(".")[0] == "llmcourse"

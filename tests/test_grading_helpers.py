@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import subprocess
@@ -603,3 +604,20 @@ def test_check_untampered_checks_reference_classes(monkeypatch):
         patch.setattr(llmcourse, "probe_class", impostor)  # a package class with a foreign method
         with pytest.raises(AssertionError, match="probe_class is no longer the course's"):
             check_untampered("llmcourse.probe_class")
+
+
+@dataclasses.dataclass
+class ProbeConfig:  # stands in for a package dataclass such as llmcourse.train.TrainConfig
+    steps: int = 1
+
+
+def test_check_untampered_accepts_a_dataclass_but_not_a_replaced_method(monkeypatch):
+    check_untampered("llmcourse.train.TrainConfig")  # its __init__, __eq__, __repr__ come from @dataclass
+    package_dataclass = type("TrainConfigLike", (ProbeConfig,), {"__module__": "llmcourse.probe"})
+    package_dataclass = dataclasses.dataclass(package_dataclass)
+    with monkeypatch.context() as patch:
+        patch.setattr(llmcourse, "probe_config", package_dataclass, raising=False)
+        check_untampered("llmcourse.probe_config")
+        patch.setattr(package_dataclass, "__init__", lambda self, steps=1: None)  # a student's __init__
+        with pytest.raises(AssertionError, match="probe_config is no longer the course's"):
+            check_untampered("llmcourse.probe_config")

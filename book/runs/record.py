@@ -127,11 +127,13 @@ def _machine() -> dict:
 
 
 def _git_commit() -> str | None:
+    """HEAD's commit, with "+uncommitted changes" when the working tree differs from it."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=RUNS, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        head, status = (subprocess.run(["git", *args], cwd=RUNS, capture_output=True, text=True, check=True).stdout
+                        for args in (["rev-parse", "HEAD"], ["status", "--porcelain", "--untracked-files=no"]))
     except (OSError, subprocess.CalledProcessError):
         return None
+    return head.strip() + (" +uncommitted changes" if status.strip() else "")
 
 
 def _write_json(path: Path, value) -> None:
