@@ -75,12 +75,17 @@ def test_the_recorded_weights_predict_unseen_tinyworld_text():
 def test_the_scaling_runs_share_data_and_steps_and_differ_in_size():
     runs = {size: json.loads((RUNS / "scaling" / size / "run.json").read_text())
             for size in ("xs", "s", "m")}
-    shared = [{k: v for k, v in without_out_dir(run["config"]).items() if k != "model"} for run in runs.values()]
+    shared = [{k: v for k, v in without_out_dir(run["config"]).items() if k not in ("model", "max_steps")}
+              for run in runs.values()]
+    assert runs["xs"]["steps"] == runs["s"]["steps"] == runs["m"]["steps"]
     assert shared[0] == shared[1] == shared[2]
     params = [run["params"] for run in runs.values()]
     assert params == sorted(params) and len(set(params)) == 3
     final = [[r["val_loss"] for r in read_metrics(RUNS / "scaling" / size) if "val_loss" in r][-1] for size in runs]
     assert final == sorted(final, reverse=True)  # bigger is better at equal steps, here
+    longer = json.loads((RUNS / "scaling" / "s-long" / "run.json").read_text())
+    compute = lambda run: run["flops_per_token"] * run["tokens_per_step"] * run["steps"]  # noqa: E731
+    assert longer["params"] == runs["s"]["params"] and abs(compute(longer) / compute(runs["m"]) - 1) < 0.01
 
 
 # ----------------------------------------------------------------------------- the script
@@ -115,8 +120,14 @@ def test_record_scaling_trains_each_size_on_the_same_data(tmp_path, monkeypatch)
     record = load_record_script()
     monkeypatch.setattr(record, "SCALING_MODELS", {
         "xs": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "s": {"n_layer": 1, "n_head": 2, "n_embd": 32}})
+    monkeypatch.setattr(record, "SCALING_LONGER", {"xs-long": ("xs", "s")})
     runs = record.record_scaling(tmp_path, [*TINY, "max_steps=4", f"data_dir={tmp_path / 'data'}"], progress=False)
-    assert list(runs) == ["xs", "s"] and runs["xs"]["params"] < runs["s"]["params"]
-    for size in runs:
+    assert list(runs) == ["xs", "s", "xs-long"] and runs["xs"]["params"] < runs["s"]["params"]
+    for size in ("xs", "s"):
         assert json.loads((tmp_path / size / "run.json").read_text())["config"]["max_steps"] == 4
         assert [r["step"] for r in read_metrics(tmp_path / size) if "val_loss" in r] == [4]
+    # xs-long: the xs model for as many steps as s's compute buys (the closest whole number)
+    longer = runs["xs-long"]
+    assert longer["params"] == runs["xs"]["params"] and longer["steps"] > 4
+    compute = lambda run: run["flops_per_token"] * run["tokens_per_step"] * run["steps"]  # noqa: E731
+    assert abs(compute(longer) - compute(runs["s"])) <= runs["xs"]["flops_per_token"] * runs["xs"]["tokens_per_step"] / 2

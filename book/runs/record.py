@@ -45,6 +45,10 @@ SCALING_MODELS = {
     "m": {"n_layer": 4, "n_head": 4, "n_embd": 128},
 }
 SCALING_OVERRIDES = ("max_steps=600", "warmup_steps=60", "eval_every=50", "sample_every=0", "checkpoint_every=0")
+# And one more run: a smaller model given a bigger one's compute (more steps), to test Chinchilla's
+# advice that, at equal compute, a smaller model trained on more tokens can beat a bigger one.
+# {run name: (model size to train, model size whose compute it gets)}
+SCALING_LONGER = {"s-long": ("s", "m")}
 
 
 def record_pretrain(out_dir: Path, overrides: Sequence[str] = (), progress: bool = True) -> dict:
@@ -69,17 +73,25 @@ def record_pretrain(out_dir: Path, overrides: Sequence[str] = (), progress: bool
 
 
 def record_scaling(out_dir: Path, overrides: Sequence[str] = (), progress: bool = True) -> dict[str, dict]:
-    """Train each of SCALING_MODELS on the same data for the same steps into out_dir/<size>/."""
-    records = {}
-    for size, model in SCALING_MODELS.items():
-        with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
-            config = get_config("cpu-tiny", [*SCALING_OVERRIDES, *overrides, f"out_dir={work}"])
-            config = dataclasses.replace(config, model=model)
-            trainer, data_seconds = _trainer(config, progress)
-            started = time.perf_counter()
-            trainer.train()
-            records[size] = _finish(trainer, out_dir / size, data_seconds, time.perf_counter() - started)
+    """Train each of SCALING_MODELS on the same data for the same steps into out_dir/<size>/, then
+    each of SCALING_LONGER for as many steps as its compute allows into out_dir/<name>/."""
+    base = get_config("cpu-tiny", [*SCALING_OVERRIDES, *overrides])
+    records = {size: _record_scaling_run(base, model, base.max_steps, out_dir / size, progress)
+               for size, model in SCALING_MODELS.items()}
+    for name, (size, compute_of) in SCALING_LONGER.items():
+        spent = records[compute_of]["flops_per_token"] * base.tokens_per_step * base.max_steps
+        steps = round(spent / (records[size]["flops_per_token"] * base.tokens_per_step))
+        records[name] = _record_scaling_run(base, SCALING_MODELS[size], steps, out_dir / name, progress)
     return records
+
+
+def _record_scaling_run(base: TrainConfig, model: dict, steps: int, out_dir: Path, progress: bool) -> dict:
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        config = dataclasses.replace(base, model=model, max_steps=steps, out_dir=work)
+        trainer, data_seconds = _trainer(config, progress)
+        started = time.perf_counter()
+        trainer.train()
+        return _finish(trainer, out_dir, data_seconds, time.perf_counter() - started)
 
 
 def _trainer(config: TrainConfig, progress: bool) -> tuple[Trainer, float]:
@@ -104,6 +116,8 @@ def _finish(trainer: Trainer, out_dir: Path, data_seconds: float, train_seconds:
         "non_embedding_params": count_params(model_config, non_embedding=True),
         "flops_per_token": trainer.flops_per_token,
         "tokens_per_step": trainer.config.tokens_per_step,
+        "train_tokens": len(trainer.train_tokens),
+        "val_tokens": len(trainer.val_tokens),
         "steps": trainer.step,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(train_seconds, 1),
