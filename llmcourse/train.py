@@ -699,14 +699,15 @@ def load_model(path: str | os.PathLike, device: torch.device | str | None = None
 def _tokenizer_of(checkpoint_path: Path, info: dict[str, Any]) -> Path:
     candidates = [Path(info["path"])] if info["path"] else []
     candidates.append(checkpoint_path.parent / TOKENIZER_NAME)
-    found = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if found is None:
+    found = [candidate for candidate in candidates if candidate.is_file()]
+    if not found:
         raise CheckpointError(f"{checkpoint_path}: its tokenizer file {info['path']!r} is missing; "
                               f"copy the run's {TOKENIZER_NAME} beside the checkpoint or retrain")
-    if _sha256(found) != info["sha256"]:
-        raise CheckpointError(f"{checkpoint_path}: the tokenizer at {found} is not the one it was trained "
+    matching = next((candidate for candidate in found if _sha256(candidate) == info["sha256"]), None)
+    if matching is None:
+        raise CheckpointError(f"{checkpoint_path}: the tokenizer at {found[0]} is not the one it was trained "
                               "with (different sha256); restore the original file")
-    return found
+    return matching
 
 
 def save_weights(checkpoint_path: str | os.PathLike, path: str | os.PathLike) -> Path:
