@@ -1,20 +1,23 @@
-"""Writing files so that nothing is lost: a crash mid-write leaves the previous file intact.
+"""Writing files so that nothing is lost, and reading them back so that nothing is misread.
 
 Every file the package writes (tokenizers, token files, corpora, checkpoints, released exercises)
 goes through here: the data is written to a temporary file beside the target, flushed to disk,
 and renamed over the target in one step, so a reader sees the old file or the new one, never half.
+The package's JSON files say what they are ("format") and which layout they use ("version");
+`read_versioned_json` refuses any other file with an error that names the problem.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_write", "read_versioned_json"]
 
 
 @contextmanager
@@ -42,3 +45,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         write(file)
         file.flush()
         os.fsync(file.fileno())  # the bytes are on disk before the rename makes them the file
+
+
+def read_versioned_json(path: str | os.PathLike, file_format: str, version: int, *, kind: str,
+                        error: type[Exception], hint: str = "") -> dict[str, Any]:
+    """The JSON object in `path`, which must hold {"format": file_format, "version": version}.
+
+    Anything else (not JSON, not an object, another format or version) raises `error` with a
+    message naming the file and the problem; `kind` says what the file is ("tokenizer file") and
+    `hint`, if given, what to do about it.
+    """
+    advice = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as problem:
+        raise error(f"{path}: not a valid {kind} (corrupt or truncated JSON: {problem}){advice}") from problem
+    if not isinstance(data, dict) or data.get("format") != file_format:
+        raise error(f"{path}: not a {file_format} {kind} (missing or wrong 'format'){advice}")
+    if data.get("version") != version:
+        raise error(f"{path}: {kind} version {data.get('version')!r} is not supported "
+                    f"(this code reads version {version}){advice}")
+    return data

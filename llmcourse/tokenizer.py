@@ -34,7 +34,7 @@ from pathlib import Path
 import regex
 from tqdm.auto import tqdm
 
-from llmcourse.files import atomic_write
+from llmcourse.files import atomic_write, read_versioned_json
 
 __all__ = [
     "GPT2_SPLIT_PATTERN",
@@ -345,17 +345,7 @@ class Tokenizer:
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Read a file written by :meth:`save`; a bad file raises :class:`TokenizerFileError`."""
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise TokenizerFileError(f"{path}: not a valid tokenizer file (corrupt or truncated JSON: {e})") from e
-        if not isinstance(data, dict) or data.get("format") != FILE_FORMAT:
-            raise TokenizerFileError(f"{path}: not an {FILE_FORMAT} tokenizer file (missing or wrong 'format')")
-        if data.get("version") != FILE_VERSION:
-            raise TokenizerFileError(
-                f"{path}: tokenizer file version {data.get('version')!r} is not supported "
-                f"(this code reads version {FILE_VERSION})"
-            )
+        data = read_versioned_json(path, FILE_FORMAT, FILE_VERSION, kind="tokenizer file", error=TokenizerFileError)
         try:
             pattern, specials, merges = data["pattern"], data["special_tokens"], data["merges"]
             if not isinstance(pattern, str) or not isinstance(specials, list) or not isinstance(merges, list):

@@ -1,10 +1,13 @@
-"""llmcourse.files: a write either completes or leaves the old file exactly as it was."""
+"""llmcourse.files: a write either completes or leaves the old file exactly as it was; a versioned
+JSON file is read only if it says it is the format and version the code expects."""
 
 from __future__ import annotations
 
 import pytest
 
-from llmcourse.files import atomic_path, atomic_write
+import json
+
+from llmcourse.files import atomic_path, atomic_write, read_versioned_json
 
 
 def test_atomic_write_replaces_the_file_and_creates_folders(tmp_path):
@@ -37,3 +40,26 @@ def test_atomic_path_renames_only_when_the_block_succeeds(tmp_path):
         temporary.write_text("done")
         assert not target.exists()  # nothing visible until the block ends
     assert target.read_text() == "done"
+
+
+class ProbeFileError(ValueError):
+    pass
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", r"probe\.json: not a valid probe file \(corrupt or truncated JSON: .*\); rebuild it"),
+    ("[1, 2]", r"not a demo probe file \(missing or wrong 'format'\); rebuild it"),
+    ('{"format": "other", "version": 1}', r"not a demo probe file \(missing or wrong 'format'\)"),
+    ('{"format": "demo", "version": 2}', r"probe file version 2 is not supported \(this code reads version 1\); rebuild it"),
+])
+def test_read_versioned_json_names_the_problem(tmp_path, text, message):
+    path = tmp_path / "probe.json"
+    path.write_text(text)
+    with pytest.raises(ProbeFileError, match=message):
+        read_versioned_json(path, "demo", 1, kind="probe file", error=ProbeFileError, hint="rebuild it")
+
+
+def test_read_versioned_json_returns_the_whole_object(tmp_path):
+    data = {"format": "demo", "version": 1, "payload": [1, "two"]}
+    (tmp_path / "ok.json").write_text(json.dumps(data))
+    assert read_versioned_json(tmp_path / "ok.json", "demo", 1, kind="probe file", error=ProbeFileError) == data

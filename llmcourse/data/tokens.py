@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llmcourse.files import atomic_path
+from llmcourse.files import atomic_path, read_versioned_json
 from llmcourse.tokenizer import ENDOFTEXT
 
 __all__ = [
@@ -347,17 +347,8 @@ def _read_sidecar(path: Path, rebuild: str) -> dict[str, Any]:
             f"{str(path)!r} has no sidecar {sidecar.name!r}, so nothing says which tokenizer or dtype "
             f"wrote it; {rebuild}"
         )
-    try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TokenFileError(f"sidecar {str(sidecar)!r} is corrupt (not JSON: {error}); {rebuild}") from error
-    if not isinstance(meta, dict) or meta.get("format") != TOKEN_FILE_FORMAT:
-        raise TokenFileError(f"{str(sidecar)!r} is not a {TOKEN_FILE_FORMAT} sidecar (wrong 'format'); {rebuild}")
-    if meta.get("version") != TOKEN_FILE_VERSION:
-        raise TokenFileError(
-            f"{str(sidecar)!r} has version {meta.get('version')!r}, but this code reads version "
-            f"{TOKEN_FILE_VERSION}; {rebuild}"
-        )
+    meta = read_versioned_json(sidecar, TOKEN_FILE_FORMAT, TOKEN_FILE_VERSION, kind="sidecar",
+                               error=TokenFileError, hint=rebuild)
     expected = {"dtype": str, "n_tokens": int, "vocab_size": int, "tokenizer_sha256": str}
     for key, kind in expected.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
