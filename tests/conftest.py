@@ -1,8 +1,11 @@
-"""Shared pytest set-up: headless plotting, hypothesis without deadlines, GPU marker."""
+"""Shared pytest set-up: headless plotting, hypothesis without deadlines, GPU marker, and the
+script that records chapter 10's runs as a fixture."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -23,6 +26,16 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "llmcourse"))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(scope="session")
+def record_script():
+    """book/runs/record.py (a script, not part of the package), imported as a module."""
+    path = Path(__file__).resolve().parents[1] / "book" / "runs" / "record.py"
+    spec = importlib.util.spec_from_file_location("book_runs_record", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

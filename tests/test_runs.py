@@ -7,27 +7,17 @@ config produces (else the page is stale) and real (the weights predict TinyWorld
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 from pathlib import Path
 
-import pytest
 import torch
 
-from llmcourse import train
 from llmcourse.data.download import corpus
 from llmcourse.tokenizer import ENDOFTEXT
 from llmcourse.train import CONFIGS, Trainer, from_overrides, load_model, read_metrics
 
 RUNS = Path(__file__).resolve().parents[1] / "book" / "runs"
-
-
-def load_record_script():
-    spec = importlib.util.spec_from_file_location("record", RUNS / "record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def without_out_dir(config: dict) -> dict:
@@ -44,6 +34,8 @@ def test_the_recorded_run_is_the_current_cpu_tiny_config():
         "CONFIGS['cpu-tiny'] changed since book/runs/cpu-tiny was recorded: run "
         "`.venv/bin/python book/runs/record.py pretrain` and commit the new run")
     assert run["steps"] == current["max_steps"]
+    validation_share = run["val_tokens"] / (run["train_tokens"] + run["val_tokens"])
+    assert abs(validation_share - current["val_fraction"]) < 1e-3
 
 
 def test_the_recorded_run_learned_and_its_samples_cover_the_run():
@@ -95,8 +87,8 @@ TINY = ["corpus_chars=40000", "vocab_size=300", "batch_size=4", "block_size=16",
         "warmup_steps=2", "eval_every=4", "eval_batches=2", "log_every=2", "device=cpu"]
 
 
-def test_record_pretrain_writes_a_loadable_run_and_sampling_does_not_change_training(tmp_path):
-    record = load_record_script()
+def test_record_pretrain_writes_a_loadable_run_and_sampling_does_not_change_training(tmp_path, record_script):
+    record = record_script
     overrides = [*TINY, f"data_dir={tmp_path / 'data'}"]
     run = record.record_pretrain(tmp_path / "run", overrides, progress=False)
     assert run["steps"] == 12 and run["params"] > 0 and run["machine"]["torch"] == torch.__version__
@@ -116,8 +108,8 @@ def test_record_pretrain_writes_a_loadable_run_and_sampling_does_not_change_trai
     assert logged == [r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r]
 
 
-def test_record_scaling_trains_each_size_on_the_same_data(tmp_path, monkeypatch):
-    record = load_record_script()
+def test_record_scaling_trains_each_size_on_the_same_data(tmp_path, monkeypatch, record_script):
+    record = record_script
     monkeypatch.setattr(record, "SCALING_MODELS", {
         "xs": {"n_layer": 1, "n_head": 2, "n_embd": 16}, "s": {"n_layer": 1, "n_head": 2, "n_embd": 32}})
     monkeypatch.setattr(record, "SCALING_LONGER", {"xs-long": ("xs", "s")})

@@ -7,7 +7,6 @@ the reader is tested against the files that script actually writes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -28,7 +27,6 @@ from llmcourse.widgets.pretraining import (
     scaling_figure,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ("", "Once upon a time")
 
 
@@ -174,15 +172,8 @@ def test_explorer_refuses_what_was_not_recorded(tmp_path):
         RunExplorer(write_run(tmp_path / "bare", samples=False))
 
 
-def _record_module():
-    spec = importlib.util.spec_from_file_location("book_runs_record", ROOT / "book" / "runs" / "record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_real_tiny_recording_reads_back(tmp_path):
-    record = _record_module()
+def test_a_real_tiny_recording_reads_back(tmp_path, record_script):
+    record = record_script
     overrides = ["max_steps=12", "corpus_chars=60000", "vocab_size=300", "eval_every=4", "eval_batches=2",
                  "warmup_steps=2", "batch_size=4", "block_size=32", "log_every=2", "model.n_layer=1",
                  "model.n_embd=32", "model.n_head=2", "sample_every=0", "checkpoint_every=0", "device=cpu",
