@@ -9,6 +9,7 @@ The package's JSON files say what they are ("format") and which layout they use 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_path", "atomic_write", "read_versioned_json"]
+__all__ = ["atomic_path", "atomic_write", "read_versioned_json", "sha256_bytes", "sha256_file"]
 
 
 @contextmanager
@@ -66,3 +67,17 @@ def read_versioned_json(path: str | os.PathLike, file_format: str, version: int,
         raise error(f"{path}: {kind} version {data.get('version')!r} is not supported "
                     f"(this code reads version {version}){advice}")
     return data
+
+
+def sha256_bytes(data: bytes) -> str:
+    """The SHA-256 of `data`, as 64 hex digits."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """The SHA-256 of the file at `path`, as 64 hex digits, read in chunks (any size fits memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
