@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -83,3 +84,64 @@ def test_book_builds_without_warnings(tmp_path):
     for entry in toc_files():
         if entry.startswith("book/") and entry != "book/00-intro":
             assert "cell_output" in (html / f"{entry}.html").read_text(), f"{entry} has no executed outputs"
+
+
+# ------------------------------------------------------------------ code the pages include
+
+
+def literal_includes() -> list[tuple[str, Path, dict[str, str]]]:
+    """(page, included file, options) for every `{literalinclude}` block of the chapter pages."""
+    found = []
+    for page in sorted((ROOT / "book").glob("*.md")):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for number, line in enumerate(lines):
+            if not line.startswith("```{literalinclude}"):
+                continue
+            options = {}
+            for option in lines[number + 1:]:
+                if not option.startswith(":"):
+                    break
+                key, _, value = option[1:].partition(":")
+                options[key] = value.strip()
+            target = (page.parent / line.split("}", 1)[1].strip()).resolve()
+            found.append((f"{page.name}:{number + 1}", target, options))
+    return found
+
+
+def python_objects(source: str) -> set[str]:
+    """Dotted names of the classes and functions in a module: "GPT", "GPT.forward", "sample"."""
+    names: set[str] = set()
+
+    def walk(body, prefix):
+        for node in body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                names.add(prefix + node.name)
+                if isinstance(node, ast.ClassDef):
+                    walk(node.body, f"{prefix}{node.name}.")
+
+    walk(ast.parse(source).body, "")
+    return names
+
+
+def test_includes_name_code_not_line_numbers():
+    """Pages include code by `:pyobject:` or by text markers, which follow the code when it moves;
+    `:lines:` would silently show other lines once the file changes."""
+    includes = literal_includes()
+    assert len(includes) > 50, "expected the chapter pages to include the package's source"
+    by_lines = [where for where, _, options in includes if "lines" in options]
+    assert not by_lines, f"includes by line numbers (use :pyobject: or :start-after:/:end-before:): {by_lines}"
+
+
+def test_every_include_finds_its_code():
+    problems = []
+    for where, target, options in literal_includes():
+        if not target.is_file():
+            problems.append(f"{where}: {target} does not exist")
+            continue
+        source = target.read_text(encoding="utf-8")
+        if "pyobject" in options and options["pyobject"] not in python_objects(source):
+            problems.append(f"{where}: no {options['pyobject']} in {target.name}")
+        for marker in ("start-after", "start-at", "end-before", "end-at"):
+            if marker in options and options[marker] not in source:
+                problems.append(f"{where}: {marker} text {options[marker]!r} not in {target.name}")
+    assert not problems, "\n".join(problems)
