@@ -1,22 +1,22 @@
 """Real corpora when online: TinyShakespeare, TinyStories and FineWeb-edu, cached and checked.
 
 The course runs offline on TinyWorld; these downloads are for learners with a network (and a GPU)
-who want real text. Every download goes to a cache folder (``$LLMCOURSE_CACHE``, else
-``~/.cache/llmcourse``), is written to a temporary file and renamed only when complete and
+who want real text. Every download goes to a cache folder (`$LLMCOURSE_CACHE`, else
+`~/.cache/llmcourse`), is written to a temporary file and renamed only when complete and
 verified, so an interrupted or corrupted download never looks like a finished one, and a second
 call finds the file in the cache and downloads nothing.
 
-* ``"tinyshakespeare"``: the 1.1 MB of Shakespeare plays from Karpathy's char-rnn, checked
+* `"tinyshakespeare"`: the 1.1 MB of Shakespeare plays from Karpathy's char-rnn, checked
   against a pinned SHA-256 (the one TensorFlow Datasets records for the same URL).
-* ``"tinystories"``: ``roneneldan/TinyStories`` (Eldan & Li, 2023), short stories written by
+* `"tinystories"`: `roneneldan/TinyStories` (Eldan & Li, 2023), short stories written by
   GPT-3.5/4 with a small vocabulary.
-* ``"fineweb-edu"``: ``HuggingFaceFW/fineweb-edu`` (Penedo et al., 2024), web pages filtered for
-  educational value, streamed from its ``sample-10BT`` config and capped at 100 M characters.
+* `"fineweb-edu"`: `HuggingFaceFW/fineweb-edu` (Penedo et al., 2024), web pages filtered for
+  educational value, streamed from its `sample-10BT` config and capped at 100 M characters.
 
-The Hugging Face sources need the ``datasets`` package (not a dependency of the course); they are
+The Hugging Face sources need the `datasets` package (not a dependency of the course); they are
 stored as JSON lines (one document a line) with a manifest holding the file's SHA-256, which is
-checked on every later use. :func:`corpus` yields documents from any of them, or from the
-offline corpora ``"tinyworld"`` and ``"python"``.
+checked on every later use. `corpus` yields documents from any of them, or from the
+offline corpora `"tinyworld"` and `"python"`.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llmcourse.data.pysource import _read_source, python_source_files
+from llmcourse.checks import ArgumentError, check_choice, check_int
+from llmcourse.data.pysource import python_source_files, read_source
 from llmcourse.data.tinyworld import documents
-from llmcourse.files import atomic_path
+from llmcourse.files import atomic_path, sha256_file
 
 __all__ = [
     "CACHE_ENV_VAR",
@@ -68,7 +69,7 @@ class RawText:
 
 @dataclass(frozen=True)
 class HFDataset:
-    """A Hugging Face dataset streamed into a JSON-lines file of its ``column`` texts."""
+    """A Hugging Face dataset streamed into a JSON-lines file of its `column` texts."""
 
     repo: str
     config: str | None
@@ -91,7 +92,7 @@ CORPORA = ("tinyworld", "python", *SOURCES)
 
 
 def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder downloads go to: ``cache_dir``, else ``$LLMCOURSE_CACHE``, else ``~/.cache/llmcourse``."""
+    """The folder downloads go to: `cache_dir`, else `$LLMCOURSE_CACHE`, else `~/.cache/llmcourse`."""
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "llmcourse"
     return Path(cache_dir).expanduser()
@@ -100,18 +101,14 @@ def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 def download(
     name: str, cache_dir: str | os.PathLike | None = None, *, progress: bool | None = None
 ) -> Path:
-    """The path of corpus ``name`` in the cache, downloading (and checking) it first if needed.
+    """The path of corpus `name` in the cache, downloading (and checking) it first if needed.
 
-    ``name`` is a key of :data:`SOURCES`. A cached file is re-checked against its checksum; one
-    that fails (damaged since) is downloaded again. ``progress``: show a tqdm bar (``None``: only
+    `name` is a key of `SOURCES`. A cached file is re-checked against its checksum; one
+    that fails (damaged since) is downloaded again. `progress`: show a tqdm bar (`None`: only
     if it takes more than a second).
     """
-    if name not in SOURCES:
-        offline = ", ".join(repr(c) for c in CORPORA if c not in SOURCES)
-        raise ValueError(
-            f"unknown download {name!r}; the downloads are {', '.join(map(repr, SOURCES))} "
-            f"(the offline corpora {offline} need no download: use corpus())"
-        )
+    offline = ", ".join(repr(c) for c in CORPORA if c not in SOURCES)
+    check_choice("name", name, SOURCES, hint=f"the offline corpora {offline} need no download: use corpus()")
     folder = resolve_cache_dir(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     source = SOURCES[name]
@@ -128,7 +125,7 @@ _open_url = urllib.request.urlopen  # tests replace it to serve fixtures without
 def _download_raw(source: RawText, folder: Path, progress: bool | None) -> Path:
     path = folder / source.filename
     if path.is_file():
-        if _sha256_of(path) == source.sha256:
+        if sha256_file(path) == source.sha256:
             return path
         warnings.warn(f"cached {str(path)!r} fails its checksum (damaged?); downloading it again", stacklevel=3)
     with atomic_path(path) as temporary:
@@ -143,7 +140,7 @@ def _download_raw(source: RawText, folder: Path, progress: bool | None) -> Path:
 
 
 def _fetch(url: str, destination: Path, progress: bool | None) -> str:
-    """Stream ``url`` into ``destination``; the SHA-256 of what was written."""
+    """Stream `url` into `destination`; the SHA-256 of what was written."""
     digest = hashlib.sha256()
     with _open_url(url, timeout=60) as response, open(destination, "wb") as file:
         size = getattr(response, "headers", {}).get("Content-Length")
@@ -164,7 +161,7 @@ def _download_hf(name: str, source: HFDataset, folder: Path, progress: bool | No
     wanted = _manifest_source(source)
     if path.is_file() and manifest_path.is_file():
         manifest = _read_json(manifest_path)
-        if manifest.get("source") == wanted and manifest.get("sha256") == _sha256_of(path):
+        if manifest.get("source") == wanted and manifest.get("sha256") == sha256_file(path):
             return path
         warnings.warn(f"cached {str(path)!r} does not match its manifest; downloading it again", stacklevel=3)
     datasets = _import_datasets(name)
@@ -195,7 +192,7 @@ def _manifest_source(source: HFDataset) -> dict[str, Any]:
 
 
 def _import_datasets(name: str) -> Any:
-    """The ``datasets`` package, imported only when a Hugging Face download needs it."""
+    """The `datasets` package, imported only when a Hugging Face download needs it."""
     try:
         import datasets
     except ImportError as error:
@@ -216,19 +213,19 @@ def corpus(
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
 ) -> Iterator[str]:
-    """The documents of corpus ``name``, until at least ``n_chars`` characters (``None``: all of them).
+    """The documents of corpus `name`, until at least `n_chars` characters (`None`: all of them).
 
-    ``"tinyworld"`` (offline, generated from ``seed``; endless, so it needs ``n_chars``),
-    ``"python"`` (this interpreter's standard library, one file a document), or a download:
-    ``"tinyshakespeare"`` (one speech a document: the text between blank lines), ``"tinystories"``,
-    ``"fineweb-edu"``. Documents are whole: the last one may take the total past ``n_chars``.
+    `"tinyworld"` (offline, generated from `seed`; endless, so it needs `n_chars`),
+    `"python"` (this interpreter's standard library, one file a document), or a download:
+    `"tinyshakespeare"` (one speech a document: the text between blank lines), `"tinystories"`,
+    `"fineweb-edu"`. Documents are whole: the last one may take the total past `n_chars`.
     """
-    if name not in CORPORA:
-        raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(map(repr, CORPORA))}")
-    if n_chars is not None and (isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars < 0):
-        raise ValueError(f"n_chars must be an int >= 0 or None (everything), got {n_chars!r}")
-    if name == "tinyworld" and n_chars is None:
-        raise ValueError("the tinyworld corpus is endless; pass n_chars, e.g. corpus('tinyworld', 5_000_000)")
+    check_choice("name", name, CORPORA)
+    if n_chars is not None:
+        check_int("n_chars", n_chars, 0, hint="or None for everything")
+    elif name == "tinyworld":
+        raise ArgumentError("n_chars=None cannot read the tinyworld corpus, which is endless; "
+                            "pass n_chars, e.g. corpus('tinyworld', 5_000_000)")
     return _take_chars(_documents_of(name, seed, cache_dir), n_chars)
 
 
@@ -236,7 +233,7 @@ def _documents_of(name: str, seed: int, cache: str | os.PathLike | None) -> Iter
     if name == "tinyworld":
         return documents(seed)
     if name == "python":
-        return (text for text in map(_read_source, python_source_files()) if text)
+        return (text for text in map(read_source, python_source_files()) if text)
     path = download(name, cache)
     if isinstance(SOURCES[name], RawText):
         return _paragraphs(path)
@@ -269,14 +266,6 @@ def _take_chars(texts: Iterator[str], n_chars: int | None) -> Iterator[str]:
 
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while block := file.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

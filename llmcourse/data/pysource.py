@@ -16,7 +16,9 @@ import os
 import sysconfig
 from pathlib import Path
 
-__all__ = ["EXCLUDED_FOLDERS", "python_source_files", "python_source_text"]
+from llmcourse.checks import check_int
+
+__all__ = ["EXCLUDED_FOLDERS", "python_source_files", "python_source_text", "read_source"]
 
 # Folders that are not the standard library's own code: installed packages, and test suites
 # (large, repetitive, and some deliberately contain broken or oddly encoded source).
@@ -65,7 +67,7 @@ def python_source_files(root: Path | str | None = None, *, include_tests: bool =
     return [path for _, path in found]
 
 
-def _read_source(path: Path) -> str | None:
+def read_source(path: Path) -> str | None:
     """The file's text as UTF-8 with newlines normalised to \\n, or None if it cannot be read."""
     try:
         with open(path, encoding="utf-8") as file:
@@ -82,10 +84,7 @@ def python_source_text(max_chars: int, root: Path | str | None = None, *, includ
     tried, so the text fills the budget as far as whole files allow. Files that cannot be read or
     are not valid UTF-8 are skipped too.
     """
-    if isinstance(max_chars, bool) or not isinstance(max_chars, int):
-        raise TypeError(f"max_chars must be an int, got {max_chars!r}")
-    if max_chars < 0:
-        raise ValueError(f"max_chars must be >= 0, got {max_chars}")
+    max_chars = check_int("max_chars", max_chars, 0)
     root_path = _stdlib_root() if root is None else Path(root)
     pieces: list[str] = []
     used = 0
@@ -101,7 +100,7 @@ def python_source_text(max_chars: int, root: Path | str | None = None, *, includ
                 continue
         except OSError:
             continue
-        source = _read_source(path)
+        source = read_source(path)
         if source is None:
             continue
         if not source.endswith("\n"):

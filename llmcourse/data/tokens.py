@@ -1,17 +1,17 @@
 """Token files: a corpus tokenized once, stored flat on disk, and read back in random windows.
 
 Pretraining reads the same tokens many times, so we tokenize the corpus once and keep the ids in a
-flat binary file: every document's ids followed by the separator (``<|endoftext|>``), one after
-another, as ``uint16`` (2 bytes a token, enough for a vocabulary of up to 65,536 ids: GPT-2's
-50,257 fit) or ``uint32`` for larger vocabularies. numpy memory-maps the file, so a training run
+flat binary file: every document's ids followed by the separator (`<|endoftext|>`), one after
+another, as `uint16` (2 bytes a token, enough for a vocabulary of up to 65,536 ids: GPT-2's
+50,257 fit) or `uint32` for larger vocabularies. numpy memory-maps the file, so a training run
 reads only the windows it samples and a corpus larger than memory costs nothing to open.
 
 A bare array of numbers cannot say what it means, so each file has a JSON *sidecar*
-(``tokens.bin.json``) recording the format version, dtype, token count, vocabulary size and a
-hash of the tokenizer. :meth:`TokenFile.open` checks all of it: a file made by another tokenizer,
+(`tokens.bin.json`) recording the format version, dtype, token count, vocabulary size and a
+hash of the tokenizer. `TokenFile.open` checks all of it: a file made by another tokenizer,
 a truncated file or a lost sidecar is an error that says what to do, never silent garbage.
 
-Typical use::
+Typical use:
 
     token_file = tokenize_to_file(corpus("tinyworld", 5_000_000), tokenizer, "tinyworld.bin")
     train, val = token_file.split(0.1)
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llmcourse.checks import ArgumentError, check_int, check_real
 from llmcourse.files import atomic_path, read_versioned_json
 from llmcourse.tokenizer import ENDOFTEXT
 
@@ -64,7 +65,7 @@ class TokenFileError(ValueError):
 
 
 class TokenizerLike(Protocol):
-    """What tokenizing needs from a tokenizer (``llmcourse.tokenizer.Tokenizer`` has it all)."""
+    """What tokenizing needs from a tokenizer (`llmcourse.tokenizer.Tokenizer` has it all)."""
 
     merges: list[tuple[int, int]]
     pattern: str
@@ -80,14 +81,13 @@ class TokenizerLike(Protocol):
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned dtype that holds every id ``0..vocab_size-1``: uint16 or uint32."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
-        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    """The smallest unsigned dtype that holds every id `0..vocab_size-1`: uint16 or uint32."""
+    vocab_size = check_int("vocab_size", vocab_size, 1)
     if vocab_size <= 1 << 16:
         return _DTYPES["uint16"]
     if vocab_size <= 1 << 32:
         return _DTYPES["uint32"]
-    raise ValueError(f"vocab_size={vocab_size} does not fit in uint32 token ids (at most {1 << 32})")
+    raise ArgumentError(f"vocab_size={vocab_size} does not fit in uint32 token ids (at most {1 << 32})")
 
 
 def tokenizer_sha256(tokenizer: TokenizerLike) -> str:
@@ -115,22 +115,21 @@ def tokenize_to_file(
     corpus: str = "",
     workers: int = 1,
 ) -> TokenFile:
-    """Encode each document followed by ``separator``'s id and stream the ids to the file ``path``.
+    """Encode each document followed by `separator`'s id and stream the ids to the file `path`.
 
-    Documents are encoded as ordinary text (a literal ``"<|endoftext|>"`` inside a document stays
-    text: data cannot forge a separator); ``separator=None`` writes no separator. The ids go to a
-    temporary file in blocks and it is renamed to ``path`` only when complete, with the sidecar
-    ``path + ".json"`` beside it, so an interrupted run leaves no file that looks finished.
-    ``corpus`` is a free-form note stored in the sidecar (where the text came from).
-    ``workers > 1`` encodes chunks of documents in that many processes. ``progress``: a tqdm bar
-    counting characters (``None``: shown only if the work takes more than a second).
-    Returns the opened :class:`TokenFile`.
+    Documents are encoded as ordinary text (a literal `"<|endoftext|>"` inside a document stays
+    text: data cannot forge a separator); `separator=None` writes no separator. The ids go to a
+    temporary file in blocks and it is renamed to `path` only when complete, with the sidecar
+    `path + ".json"` beside it, so an interrupted run leaves no file that looks finished.
+    `corpus` is a free-form note stored in the sidecar (where the text came from).
+    `workers > 1` encodes chunks of documents in that many processes. `progress`: a tqdm bar
+    counting characters (`None`: shown only if the work takes more than a second).
+    Returns the opened `TokenFile`.
     """
     path = Path(path)
     separator_id = _separator_id(tokenizer, separator)
     dtype = token_dtype(tokenizer.vocab_size)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    check_int("workers", workers, 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     sidecar = _sidecar_path(path)
     n_tokens = n_documents = 0
@@ -176,7 +175,7 @@ def _separator_id(tokenizer: TokenizerLike, separator: str | None) -> int | None
 
 
 def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
-    """Group a stream of documents into lists of about ``_CHUNK_CHARS`` characters (whole documents)."""
+    """Group a stream of documents into lists of about `_CHUNK_CHARS` characters (whole documents)."""
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of documents, not one string; wrap it as [text]")
     chunk: list[str] = []
@@ -196,7 +195,7 @@ def _chunks(texts: Iterable[str]) -> Iterator[list[str]]:
 def _encode_chunk(
     documents: list[str], tokenizer: TokenizerLike, separator_id: int | None, dtype: np.dtype
 ) -> np.ndarray:
-    """The ids of ``documents``, each followed by ``separator_id``, as one flat array of ``dtype``."""
+    """The ids of `documents`, each followed by `separator_id`, as one flat array of `dtype`."""
     ids: list[int] = []
     for document in documents:
         ids.extend(tokenizer.encode_ordinary(document))  # the tokenizer's cache makes repeats cheap
@@ -211,7 +210,7 @@ def _encode_chunk(
 def _encode_chunks(
     chunks: Iterator[list[str]], tokenizer: TokenizerLike, separator_id: int | None, dtype: np.dtype, workers: int
 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """``(chunk, ids)`` in input order, encoded here or in a pool of ``workers`` processes."""
+    """`(chunk, ids)` in input order, encoded here or in a pool of `workers` processes."""
     if workers == 1:
         for chunk in chunks:
             yield chunk, _encode_chunk(chunk, tokenizer, separator_id, dtype)
@@ -255,8 +254,8 @@ def _sidecar_path(path: Path) -> Path:
 class TokenFile:
     """A token file opened read-only as a numpy memmap, checked against its sidecar.
 
-    ``tokens`` is the flat id array (``uint16`` or ``uint32``, shape ``(N,)``); ``meta`` the
-    sidecar's fields. ``split(val_fraction)`` or ``train``/``val`` give disjoint views.
+    `tokens` is the flat id array (`uint16` or `uint32`, shape `(N,)`); `meta` the
+    sidecar's fields. `split(val_fraction)` or `train`/`val` give disjoint views.
     """
 
     def __init__(self, path: Path, tokens: np.ndarray, meta: dict[str, Any], val_fraction: float = 0.1) -> None:
@@ -269,9 +268,9 @@ class TokenFile:
     def open(
         cls, path: str | os.PathLike, tokenizer: TokenizerLike | None = None, *, val_fraction: float = 0.1
     ) -> TokenFile:
-        """Memory-map ``path`` after checking its sidecar (and, if given, that ``tokenizer`` made it).
+        """Memory-map `path` after checking its sidecar (and, if given, that `tokenizer` made it).
 
-        Raises :class:`TokenFileError` naming the problem: no file, no or corrupt sidecar, another
+        Raises `TokenFileError` naming the problem: no file, no or corrupt sidecar, another
         format version, a size that disagrees with the sidecar (truncated or overwritten), or a
         different tokenizer.
         """
@@ -292,7 +291,7 @@ class TokenFile:
             _check_tokenizer(path, meta, tokenizer, rebuild)
         # numpy cannot map an empty file; an empty corpus is still a valid (empty) token file.
         tokens = np.memmap(path, dtype=dtype, mode="r") if n_tokens else np.empty(0, dtype=dtype)
-        _check_fraction(val_fraction)
+        val_fraction = check_real("val_fraction", val_fraction, above=0, below=1)
         return cls(path, tokens, meta, val_fraction)
 
     def __len__(self) -> int:
@@ -307,16 +306,17 @@ class TokenFile:
         return self.tokens.dtype
 
     def split(self, val_fraction: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """``(train, val)``: the first ``1 - val_fraction`` of the tokens and the rest, as views.
+        """`(train, val)`: the first `1 - val_fraction` of the tokens and the rest, as views.
 
-        The two never overlap, so a window sampled from ``train`` never sees a validation token.
+        The two never overlap, so a window sampled from `train` never sees a validation token.
         The cut falls at a token, so one document may straddle it (half in each part).
         """
-        val_fraction = self.val_fraction if val_fraction is None else _check_fraction(val_fraction)
+        fraction = self.val_fraction if val_fraction is None else val_fraction
+        val_fraction = check_real("val_fraction", fraction, above=0, below=1)
         n = len(self.tokens)
         n_val = round(n * val_fraction)
         if n_val == 0 or n_val == n:
-            raise ValueError(
+            raise ArgumentError(
                 f"val_fraction={val_fraction} of {n} tokens leaves an empty "
                 f"{'validation' if n_val == 0 else 'training'} part; use more data or another val_fraction"
             )
@@ -324,12 +324,12 @@ class TokenFile:
 
     @property
     def train(self) -> np.ndarray:
-        """The training view of :meth:`split` with this file's ``val_fraction``."""
+        """The training view of `split` with this file's `val_fraction`."""
         return self.split()[0]
 
     @property
     def val(self) -> np.ndarray:
-        """The validation view of :meth:`split` with this file's ``val_fraction``."""
+        """The validation view of `split` with this file's `val_fraction`."""
         return self.split()[1]
 
     def __repr__(self) -> str:
@@ -373,12 +373,6 @@ def _check_tokenizer(path: Path, meta: dict[str, Any], tokenizer: TokenizerLike,
         )
 
 
-def _check_fraction(val_fraction: float) -> float:
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be a number strictly between 0 and 1, got {val_fraction!r}")
-    return float(val_fraction)
-
-
 # --------------------------------------------------------------------------- batches
 
 
@@ -390,11 +384,11 @@ def get_batch(
     generator: torch.Generator,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``batch_size`` random windows of ``block_size + 1`` consecutive tokens, as inputs and targets.
+    """`batch_size` random windows of `block_size + 1` consecutive tokens, as inputs and targets.
 
-    Returns ``x`` and ``y``, both ``(B, T)`` int64 on ``device``, with ``y[:, t] == x[:, t + 1]``
-    for ``t < T-1``: the target of each position is the next token. Window starts are drawn
-    uniformly from ``0..N-T-1`` with ``generator`` (a CPU generator), so the same seed gives the
+    Returns `x` and `y`, both `(B, T)` int64 on `device`, with `y[:, t] == x[:, t + 1]`
+    for `t < T-1`: the target of each position is the next token. Window starts are drawn
+    uniformly from `0..N-T-1` with `generator` (a CPU generator), so the same seed gives the
     same batches and no window reads past the end. On CUDA the batch is copied from pinned
     memory without blocking, so the copy overlaps the previous step's compute.
     """
@@ -415,12 +409,12 @@ def get_batch(
 
 
 def _check_window(tokens: np.ndarray | torch.Tensor, batch_size: int, block_size: int) -> int:
-    """The number of tokens, after checking that a window of ``block_size + 1`` fits in them."""
+    """The number of tokens, after checking that a window of `block_size + 1` fits in them."""
     if not isinstance(tokens, (np.ndarray, torch.Tensor)):
         hint = " (pass its .tokens, .train or .val)" if isinstance(tokens, TokenFile) else ""
         raise TypeError(f"tokens must be a numpy array or a torch tensor, got {type(tokens).__name__}{hint}")
-    _check_positive("batch_size", batch_size)
-    _check_positive("block_size", block_size)
+    check_int("batch_size", batch_size, 1)
+    check_int("block_size", block_size, 1)
     if tokens.ndim != 1:
         raise ValueError(f"tokens must be a flat 1-D array of ids, got shape {tuple(tokens.shape)}")
     n = len(tokens)
@@ -432,15 +426,10 @@ def _check_window(tokens: np.ndarray | torch.Tensor, batch_size: int, block_size
     return n
 
 
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class Batches:
-    """An endless iterator of :func:`get_batch` batches with fixed arguments.
+    """An endless iterator of `get_batch` batches with fixed arguments.
 
-    Its randomness lives in ``generator``: save ``generator.get_state()`` in a checkpoint and
+    Its randomness lives in `generator`: save `generator.get_state()` in a checkpoint and
     restore it to resume the exact same sequence of batches.
     """
 
