@@ -21,7 +21,8 @@ from llmcourse.data.tokens import get_batch
 from llmcourse.model import GPT
 from llmcourse.optim import make_optimizer
 from llmcourse.tokenizer import Tokenizer
-from llmcourse.train import TrainConfig, Trainer, from_overrides
+from llmcourse.train import Trainer
+from llmcourse.train_config import TrainConfig, from_overrides
 
 WARMUP_STEPS = 3
 

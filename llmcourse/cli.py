@@ -1,4 +1,4 @@
-"""The command line: ``python -m llmcourse <command> ...`` (or the `llmcourse` script).
+"""The command line: `python -m llmcourse <command> ...` (or the `llmcourse` script).
 
     python -m llmcourse course release [ASSIGNMENT ...] [--force]
     python -m llmcourse course check   [ASSIGNMENT ...]
@@ -13,8 +13,11 @@ Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from llmcourse import course
@@ -100,7 +103,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
                           help="a named config (default: %(default)s)")
     pretrain.add_argument("overrides", nargs="*", metavar="key=value",
                           help="change a setting, e.g. max_steps=200 out_dir=runs/a model.n_layer=6")
-    pretrain.add_argument("--resume", action="store_true", help="carry on from out_dir/ckpt.pt if it exists")
+    pretrain.add_argument("--resume", action="store_true", help="carry on from out_dir/ckpt.pt")
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sample = commands.add_parser(
@@ -108,7 +111,7 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
         description="Load a checkpoint written by pretrain and continue a prompt.",
     )
     sample.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
-                        help="e.g. runs/cpu-tiny/ckpt.pt")
+                        help="e.g. runs/cpu-tiny/ckpt.pt or book/runs/cpu-tiny/model.pt")
     sample.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
     sample.add_argument("--max-new-tokens", type=int, default=100, metavar="N", help="default: %(default)s")
     sample.add_argument("--temperature", type=_positive_float, default=0.8, metavar="T",
@@ -182,39 +185,50 @@ _ACTIONS = {"release": _release, "check": _check, "start": _start, "grade": _gra
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from llmcourse import train  # imported here: `course` commands need no torch start-up
+    # imported here: `course` commands need no torch start-up
+    from llmcourse.checkpoint import CHECKPOINT_NAME
+    from llmcourse.runs import METRICS_NAME
+    from llmcourse.train import Trainer
+    from llmcourse.train_config import get_config
 
-    config = train.get_config(args.config, args.overrides)
-    checkpoint = Path(config.out_dir) / train.CHECKPOINT_NAME
-    if args.resume and checkpoint.is_file():
-        trainer = train.Trainer.resume(checkpoint, args.overrides, progress=not args.no_progress)
+    config = get_config(args.config, args.overrides)
+    checkpoint = Path(config.out_dir) / CHECKPOINT_NAME
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to resume; set out_dir to the "
+                                    f"run's folder, or leave out --resume to start a new run there")
+        with warnings.catch_warnings(record=True) as caught:  # printed as this command's own warnings
+            warnings.simplefilter("always")
+            trainer = Trainer.resume(checkpoint, args.overrides, progress=not args.no_progress)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
         print(f"resuming {checkpoint} at step {trainer.step}")
     elif checkpoint.is_file():
         raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another "
                          f"out_dir (or delete it) to start afresh")
     else:
-        trainer = train.Trainer(config, progress=not args.no_progress)
+        trainer = Trainer(config, progress=not args.no_progress)
     try:
         trainer.train()
     finally:
         trainer.close()
     if trainer.dist.is_main:
         print(f"checkpoint: {checkpoint}")
-        print(f"metrics:    {Path(config.out_dir) / train.METRICS_NAME}")
+        print(f"metrics:    {Path(config.out_dir) / METRICS_NAME}")
     return 0
 
 
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
-    from llmcourse import train
+    from llmcourse.runs import generate_text, load_model
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
-    model, tokenizer = train.load_model(args.checkpoint)
+    model, tokenizer = load_model(args.checkpoint)
     generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    text = train.generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
-                               0.0 if args.greedy else args.temperature, generator=generator)
+    text = generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
+                         0.0 if args.greedy else args.temperature, generator=generator)
     print(args.prompt + text)
     return 0
 
@@ -243,9 +257,14 @@ def _course_root(option: Path | None) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with `argv` (default: sys.argv[1:]); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse exits on --help (0) and on bad arguments (2)
+        if exit_.code == 2:
+            for hint in _flag_hints(parser, argv):
+                print(hint, file=sys.stderr)
         return int(exit_.code or 0)
     try:
         if args.command in _COMMANDS:
@@ -257,3 +276,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _flag_hints(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Iterator[str]:
+    """A hint for each flag in `argv` that no command knows: the closest flag, or, for a flag named
+    like a training setting (`--max-steps 200`), the key=value form that `pretrain` takes.
+
+    (argparse suggests flags itself only from Python 3.14 on.)"""
+    known = sorted(_all_flags(parser))
+    for index, flag in enumerate(argv):
+        flag = flag.split("=", 1)[0]
+        if not flag.startswith("-") or re.fullmatch(r"-\d+(\.\d*)?", flag):  # not a flag, or a negative number
+            continue
+        if any(option.startswith(flag) for option in known):  # a flag, or an abbreviation argparse accepts
+            continue
+        setting = flag.lstrip("-").replace("-", "_")
+        if "pretrain" in argv and setting in _training_settings():
+            has_value = index + 1 < len(argv) and not argv[index + 1].startswith("-")
+            yield f"hint: settings are key=value, not flags: {setting}={argv[index + 1] if has_value else '...'}"
+            continue
+        close = difflib.get_close_matches(flag, known, n=1)
+        if close:
+            yield f"hint: {flag} is not an option; did you mean {close[0]}?"
+
+
+def _all_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string of `parser` and of all its subcommands (e.g. --resume, --checkpoint)."""
+    flags = set()
+    for action in parser._actions:
+        flags.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                flags |= _all_flags(subparser)
+    return flags
+
+
+def _training_settings() -> set[str]:
+    """The names `pretrain` takes as key=value (imported only here, for a hint: it starts torch)."""
+    import dataclasses
+
+    from llmcourse.train_config import TrainConfig
+
+    return {field.name for field in dataclasses.fields(TrainConfig)}

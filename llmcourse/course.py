@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmcourse.files import atomic_write
+from llmcourse.files import atomic_write, sha256_bytes, sha256_file
 
 SOLUTIONS_DIR = "solutions"
 EXERCISES_DIR = "exercises"
@@ -109,14 +108,6 @@ def _files_under(folder: Path) -> list[Path]:
         return []
     files = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
     return sorted(p for p in files if not _is_ignored(p))
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return sha256_bytes(Path(path).read_bytes())
 
 
 def _one_line(text: object, limit: int = 160) -> str:

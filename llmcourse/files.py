@@ -33,11 +33,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     temporary = Path(name)
     try:
+        # mkstemp makes the file private (0600); the finished file gets what `open()` would give it.
+        os.chmod(temporary, _new_file_mode())
         yield temporary
         os.replace(temporary, path)  # atomic on POSIX and Windows when both are on one filesystem
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    """The permissions a new file gets from `open()`: 0o666 less the process's umask (e.g. 0o644).
+
+    The umask can only be read by setting it, so it is set and restored at once.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +30,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, KVCache
+from llmcourse.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
+from llmcourse.checks import check_choice, check_flag, check_int, check_real
 from llmcourse.embedding import TokenEmbedding
-from llmcourse.files import atomic_write
 from llmcourse.mlp import MoE, default_hidden, make_mlp
 from llmcourse.norm import LayerNorm, make_norm
 from llmcourse.position import LearnedPositions, RotaryEmbedding, SinusoidalPositions
@@ -44,8 +43,6 @@ POSITION_KINDS = ("learned", "sinusoidal", "rope", "none")
 INIT_STD = 0.02  # GPT-2's initialisation scale for every weight matrix and embedding
 # The linear layers that write into the residual stream; GPT-2 shrinks their initial weights.
 RESIDUAL_PROJECTIONS = ("out_proj.weight", "fc_out.weight", "down_proj.weight")
-CHECKPOINT_FORMAT = "llmcourse-gpt"
-CHECKPOINT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------- config
@@ -90,6 +87,7 @@ class GPTConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        # Each check returns a plain int or float, which a checkpoint can hold (numpy scalars it cannot).
         for name, hint in [
             ("vocab_size", "use your tokenizer's vocabulary size"),
             ("block_size", "the context length, e.g. 256"),
@@ -97,21 +95,19 @@ class GPTConfig:
             ("n_head", "e.g. 4"),
             ("n_embd", "e.g. 128"),
         ]:
-            _check_positive_int(name, getattr(self, name), hint)
+            setattr(self, name, check_int(name, getattr(self, name), 1, hint=hint))
         self._check_heads()
-        _check_choice("mlp", self.mlp, MLP_KINDS)
-        _check_choice("norm", self.norm, NORM_KINDS)
-        _check_choice("position", self.position, POSITION_KINDS)
+        check_choice("mlp", self.mlp, MLP_KINDS)
+        check_choice("norm", self.norm, NORM_KINDS)
+        check_choice("position", self.position, POSITION_KINDS)
         if self.mlp_hidden is not None:
-            _check_positive_int("mlp_hidden", self.mlp_hidden, "or None for the default width")
+            self.mlp_hidden = check_int("mlp_hidden", self.mlp_hidden, 1, hint="or None for the default width")
         self._check_positions()
         self._check_experts()
-        for name in ("tie_weights", "bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not _is_real(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout!r} must be a probability in [0, 1) "
-                             "(0.0 turns it off; 0.1-0.2 is typical for small data)")
+        check_flag("tie_weights", self.tie_weights)
+        check_flag("bias", self.bias)
+        self.dropout = check_real("dropout", self.dropout, minimum=0.0, below=1.0,
+                                  hint="a probability; 0.0 turns it off, 0.1-0.2 is typical for small data")
 
     def _check_heads(self) -> None:
         if self.n_embd % self.n_head:
@@ -120,7 +116,7 @@ class GPTConfig:
                 f"n_embd={_next_multiple(self.n_embd, self.n_head)} or "
                 f"n_head={_nearest_divisor(self.n_embd, self.n_head)})")
         if self.n_kv_heads is not None:
-            _check_positive_int("n_kv_heads", self.n_kv_heads, "or None for one per query head")
+            self.n_kv_heads = check_int("n_kv_heads", self.n_kv_heads, 1, hint="or None for one per query head")
             if self.n_head % self.n_kv_heads:
                 raise ValueError(
                     f"n_kv_heads={self.n_kv_heads} must divide n_head={self.n_head}, so each key/value "
@@ -135,16 +131,14 @@ class GPTConfig:
         if self.position == "sinusoidal" and self.n_embd % 2:
             raise ValueError(f"position='sinusoidal' pairs sin and cos, so n_embd must be even, "
                              f"got n_embd={self.n_embd} (try n_embd={self.n_embd + 1})")
-        if not _is_real(self.rope_base) or not 1.0 < self.rope_base < math.inf:
-            raise ValueError(f"rope_base={self.rope_base!r} must be a finite number > 1 "
-                             "(10000.0 as in RoFormer; Llama 3 uses 500000.0)")
-        if not _is_real(self.rope_scale) or not 0.0 < self.rope_scale < math.inf:
-            raise ValueError(f"rope_scale={self.rope_scale!r} must be a finite number > 0 "
-                             "(1.0 = no position interpolation)")
+        self.rope_base = check_real("rope_base", self.rope_base, above=1.0,
+                                    hint="10000.0 as in RoFormer; Llama 3 uses 500000.0")
+        self.rope_scale = check_real("rope_scale", self.rope_scale, above=0.0,
+                                     hint="1.0 = no position interpolation")
 
     def _check_experts(self) -> None:
-        _check_positive_int("n_experts", self.n_experts, "1 for a dense MLP")
-        _check_positive_int("top_k", self.top_k, "the number of experts each token uses")
+        self.n_experts = check_int("n_experts", self.n_experts, 1, hint="1 for a dense MLP")
+        self.top_k = check_int("top_k", self.top_k, 1, hint="the number of experts each token uses")
         if self.top_k > self.n_experts:
             raise ValueError(f"top_k={self.top_k} must be at most n_experts={self.n_experts}: each token "
                              f"picks top_k of the n_experts experts (try top_k={self.n_experts}, or "
@@ -181,20 +175,6 @@ class GPTConfig:
         if missing:
             raise ValueError(f"GPTConfig is missing required field(s) {missing}")
         return cls(**values)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: Any, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r} ({hint})")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {choices}")
 
 
 def _next_multiple(value: int, divisor: int) -> int:
@@ -404,46 +384,33 @@ class GPT(nn.Module):
         return sum(p.numel() for p in unique.values())
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights to `path` atomically: a temp file renamed over it, so a crash
-        mid-write leaves the previous file intact."""
-        path = Path(path)
-        checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                      "config": self.config.to_dict(), "state_dict": self.state_dict()}
-        atomic_write(path, lambda file: torch.save(checkpoint, file))
+        """Write config and weights to `path` as an llmcourse checkpoint (`llmcourse.checkpoint`),
+        atomically: a temp file renamed over it, so a crash mid-write leaves the previous file intact."""
+        save_checkpoint(make_checkpoint(self.config.to_dict(), self.state_dict()), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device | None = None, **swaps: Any) -> GPT:
-        """Rebuild a model written by `save`. map_location: where its parameters go (None: the CPU).
+        """Rebuild the model of any llmcourse checkpoint: one written by `save`, a training run's
+        `ckpt.pt` or a `save_weights` file. map_location: where its parameters go (None: the CPU).
 
         Uses `torch.load(weights_only=True)`, which refuses to run code hidden in a file. `swaps`
-        (attention_fn, norm_cls, mlp_cls) are passed to the constructor. A file that is not a GPT
+        (attention_fn, norm_cls, mlp_cls) are passed to the constructor. A file that is not a
         checkpoint raises CheckpointError.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle, zip and EOF errors all mean "not a readable checkpoint"
-            raise CheckpointError(f"{path}: not a readable GPT checkpoint (corrupt, truncated or not "
-                                  f"written by GPT.save): {type(error).__name__}: {error}") from error
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not a GPT checkpoint (no format={CHECKPOINT_FORMAT!r} entry); "
-                                  "write checkpoints with GPT.save")
-        if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r} is not "
-                                  f"supported (this code reads version {CHECKPOINT_VERSION})")
-        try:
-            model = cls(GPTConfig.from_dict(checkpoint["config"]), **swaps)
-            model.load_state_dict(checkpoint["state_dict"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{path}: config and weights do not form a valid GPT: "
-                                  f"{type(error).__name__}: {error}") from error
+        model = cls.from_checkpoint(load_checkpoint(path), source=path, **swaps)
         return model if map_location is None else model.to(map_location)
 
-
-class CheckpointError(ValueError):
-    """A file that `GPT.load` cannot read as a GPT checkpoint."""
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], source: str | os.PathLike = "checkpoint",
+                        **swaps: Any) -> GPT:
+        """The model of a checkpoint dict (`load_checkpoint`'s), on the CPU; `source` names it in errors."""
+        try:
+            model = cls(GPTConfig.from_dict(checkpoint["model_config"]), **swaps)
+            model.load_state_dict(checkpoint["model"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise CheckpointError(f"{source}: config and weights do not form a valid GPT: "
+                                  f"{type(error).__name__}: {error}") from error
+        return model
 
 
 def _position_embedding(config: GPTConfig) -> nn.Module | None:
@@ -511,7 +478,7 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     appendix B). The causal mask's skipped half is counted, as PaLM does. Used for MFU.
     """
     seq_len = config.block_size if seq_len is None else seq_len
-    _check_positive_int("seq_len", seq_len, "the context length the model is run at")
+    check_int("seq_len", seq_len, 1, hint="the context length the model is run at")
     c, h = config.n_embd, config.mlp_hidden_size
     kv_width = config.kv_heads * config.head_dim
     attention = 2 * c * c + 2 * c * kv_width

@@ -1,32 +1,34 @@
 """Chapters 09-10: the training loop. One `TrainConfig` says what to train; one `Trainer` trains it.
 
-    data     the corpus -> a BPE tokenizer -> one flat file of token ids (made once, then cached)
+    data     the corpus -> a BPE tokenizer -> one flat file of token ids (`llmcourse.data.prepare`)
     step     forward, loss / accum, backward (x grad_accum_steps), clip, optimizer step, schedule
     watch    train/val loss every eval_every steps, samples, tokens/s and MFU, a JSONL log
     survive  atomic checkpoints with every random state, so a resumed run repeats the same losses;
              a NaN/inf stops the run before it can overwrite the last good checkpoint
     scale    bf16 autocast and fused AdamW on CUDA, optional torch.compile, several GPUs via torchrun
 
-The same code runs a 1M-parameter model on a laptop CPU (`CONFIGS["cpu-tiny"]`) and a
-GPT-2-small-sized one on a GPU (`CONFIGS["gpu-small"]`):
+The same code runs a 1M-parameter model on a laptop CPU (`CONFIGS["cpu-tiny"]`, in
+`llmcourse.train_config`) and a GPT-2-small-sized one on a GPU (`CONFIGS["gpu-small"]`):
 
     python -m llmcourse pretrain --config cpu-tiny max_steps=200 out_dir=runs/tiny
     torchrun --nproc_per_node 8 -m llmcourse pretrain --config gpu-small
+
+What a run leaves behind is read by `llmcourse.runs`; the checkpoint format is `llmcourse.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,195 +38,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from llmcourse.data.download import corpus, resolve_cache_dir
-from llmcourse.data.tokens import TokenFile, get_batch, tokenize_to_file
+from llmcourse.checkpoint import (CHECKPOINT_NAME, CheckpointError, load_checkpoint, make_checkpoint,
+                                  save_checkpoint, tokenizer_entry)
+from llmcourse.data.prepare import prepare_data, split_tokens
+from llmcourse.data.tokens import TokenFile, get_batch
 from llmcourse.device import default_device, seed_everything
-from llmcourse.files import atomic_write
-from llmcourse.model import GPT, GPTConfig, flops_per_token
+from llmcourse.model import GPT, flops_per_token
 from llmcourse.optim import clip_grad_norm, lr_at, make_optimizer
-from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
+from llmcourse.runs import METRICS_NAME, TOKENIZER_NAME, generate_text, read_metrics
+from llmcourse.tokenizer import Tokenizer
+from llmcourse.train_config import TrainConfig, from_overrides
 
-CHECKPOINT_FORMAT = "llmcourse-train"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.jsonl"
-TOKENIZER_NAME = "tokenizer.json"
-DTYPES = ("auto", "float32", "bfloat16")
 # Peak dense bf16 tensor-core throughput, FLOP/s, from NVIDIA's datasheets; the first name found
 # in the GPU's name wins, so the PCIe H100 (lower clocks) is listed before the SXM one.
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12}
-
-
-# ---------------------------------------------------------------------------------- config
-
-
-@dataclass
-class TrainConfig:
-    """Everything that fixes a training run. `model` holds `GPTConfig` fields except `vocab_size`
-    (the tokenizer's) and `block_size` (this config's); `dataclasses.asdict` of it is the record
-    a checkpoint keeps.
-
-    One optimizer step sees batch_size x block_size x grad_accum_steps x world_size tokens.
-    """
-
-    # data
-    corpus: str = "tinyworld"
-    corpus_chars: int = 1_000_000
-    vocab_size: int = 512
-    tokenizer_chars: int = 2_000_000  # the tokenizer learns its merges from this much of the corpus
-    val_fraction: float = 0.05  # the corpus's tail, never trained on
-    data_dir: str = ""  # cache of tokenizers and token files ("": $LLMCOURSE_CACHE or ~/.cache/llmcourse)
-    # model
-    model: dict[str, Any] = field(default_factory=lambda: {"n_layer": 2, "n_head": 2, "n_embd": 64})
-    # optimization
-    batch_size: int = 16
-    block_size: int = 64
-    grad_accum_steps: int = 1
-    max_steps: int = 100
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # max global gradient norm (a huge value turns clipping off)
-    aux_loss_weight: float = 0.01  # Mixture-of-Experts load balancing (ignored by dense models)
-    # bookkeeping
-    eval_every: int = 50
-    eval_batches: int = 10
-    sample_every: int = 0  # 0: never
-    checkpoint_every: int = 100  # a checkpoint is also written when training ends
-    log_every: int = 10
-    out_dir: str = "runs/default"
-    seed: int = 1337
-    # hardware
-    device: str = "auto"
-    dtype: str = "auto"  # auto: bfloat16 autocast on a CUDA GPU that supports it, else float32
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("corpus_chars", "vocab_size", "tokenizer_chars", "batch_size", "block_size",
-                     "grad_accum_steps", "max_steps", "eval_batches", "log_every"):
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "eval_every", "sample_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
-        if self.warmup_steps > self.max_steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must be at most max_steps={self.max_steps}")
-        if isinstance(self.grad_clip, bool) or not isinstance(self.grad_clip, (int, float)) \
-                or not 0 < self.grad_clip < math.inf:
-            raise ValueError(f"grad_clip={self.grad_clip!r} must be a finite number > 0 (1.0 is usual)")
-        for name in ("lr", "min_lr", "weight_decay", "aux_loss_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ValueError(f"{name}={value!r} must be a finite number >= 0")
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr={self.min_lr} must be at most lr={self.lr} (lr / 10 is common)")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction={self.val_fraction!r} must be between 0 and 1, e.g. 0.05")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype={self.dtype!r} must be one of {DTYPES}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile={self.compile!r} must be True or False")
-        self.gpt_config(vocab_size=max(self.vocab_size, 1))  # raises on a bad model setting
-
-    def gpt_config(self, vocab_size: int) -> GPTConfig:
-        """The model's GPTConfig for a tokenizer of `vocab_size` ids."""
-        for fixed in ("vocab_size", "block_size"):
-            if fixed in self.model:
-                raise ValueError(f"model.{fixed} is set by the trainer (the tokenizer's vocabulary and "
-                                 f"the config's block_size); remove it from model and set {fixed} instead")
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, **self.model)
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimizer step on one process (times the world size under torchrun)."""
-        return self.batch_size * self.block_size * self.grad_accum_steps
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def from_overrides(base: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """A copy of `base` with `key=value` settings applied, e.g. ["max_steps=20", "model.n_layer=6"].
-
-    Values are parsed by the field's type (ints accept 1e3, bools true/false/1/0). An unknown key or
-    a value of the wrong type raises ValueError naming it.
-    """
-    values = dataclasses.asdict(base)
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    model_types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not key=value (e.g. max_steps=200)")
-        if key.startswith("model."):
-            name = key.removeprefix("model.")
-            if name not in model_types:
-                raise ValueError(f"unknown model setting {key!r}; known: {', '.join(model_types)}")
-            values["model"][name] = _parse_value(key, text, model_types[name])
-        elif key in types and key != "model":
-            values[key] = _parse_value(key, text, types[key])
-        elif key in model_types:
-            raise ValueError(f"unknown setting {key!r}; model settings take a prefix: model.{key}={text}")
-        else:
-            raise ValueError(f"unknown setting {key!r}; known: {', '.join(types)} and model.<GPTConfig field>")
-    return TrainConfig(**values)
-
-
-def _parse_value(key: str, text: str, annotation: str) -> Any:
-    """`text` as the type named by a dataclass annotation ("int", "float | None", ...)."""
-    text = text.strip()
-    if not isinstance(annotation, str):  # a real type, where a module has no `from __future__ import annotations`
-        annotation = getattr(annotation, "__name__", str(annotation))
-    kinds = [part.strip() for part in annotation.split("|")]
-    if "None" in kinds and text.lower() in ("none", "null"):
-        return None
-    if "bool" in kinds:
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError(f"{key}={text!r}: expected true or false")
-    try:
-        if "int" in kinds:
-            number = float(text)  # accepts 1e3
-            if not number.is_integer():
-                raise ValueError
-            return int(number)
-        if "float" in kinds:
-            return float(text)
-    except ValueError:
-        raise ValueError(f"{key}={text!r}: expected {' or '.join(kinds)}") from None
-    return text
-
-
-CONFIGS: dict[str, TrainConfig] = {
-    # Readable TinyWorld stories within minutes on 2 CPU cores (book/runs/cpu-tiny/run.json has the
-    # recorded run: its time, machine and losses).
-    "cpu-tiny": TrainConfig(
-        corpus_chars=16_000_000, vocab_size=1024,
-        model={"n_layer": 4, "n_head": 4, "n_embd": 128},
-        batch_size=32, block_size=128, max_steps=1500, lr=2e-3, min_lr=2e-4, warmup_steps=100,
-        eval_every=100, eval_batches=10, sample_every=500, checkpoint_every=500, log_every=10,
-        out_dir="runs/cpu-tiny",
-    ),
-    # GPT-2 small's shape (12 layers, 12 heads, width 768, 1024 positions) on one GPU, bf16.
-    "gpu-small": TrainConfig(
-        corpus_chars=200_000_000, vocab_size=1536,  # TinyWorld has about 1700 useful tokens
-        model={"n_layer": 12, "n_head": 12, "n_embd": 768},
-        batch_size=16, block_size=1024, grad_accum_steps=2, max_steps=5000, lr=6e-4, min_lr=6e-5,
-        warmup_steps=200, eval_every=250, eval_batches=20, sample_every=1000, checkpoint_every=1000,
-        log_every=10, out_dir="runs/gpu-small", compile=True,
-    ),
-}
-
-
-def get_config(name: str, overrides: Sequence[str] = ()) -> TrainConfig:
-    """The named config from CONFIGS with `overrides` applied."""
-    if name not in CONFIGS:
-        raise ValueError(f"unknown config {name!r}; choose one of {', '.join(CONFIGS)}")
-    return from_overrides(CONFIGS[name], overrides)
 
 
 # ---------------------------------------------------------------------------------- throughput
@@ -245,41 +72,6 @@ def mfu(flops_per_token: float, tokens_per_s: float, peak_flops: float | None) -
     if peak_flops is None:
         return None
     return flops_per_token * tokens_per_s / peak_flops
-
-
-# ---------------------------------------------------------------------------------- data
-
-
-def prepare_data(config: TrainConfig, progress: bool = True) -> tuple[Path, Path]:
-    """Train the tokenizer and write the corpus's token file, once per data setting.
-
-    Both live in a folder named by the settings that determine them, so every run with the same
-    corpus, size and vocabulary reuses them. Returns (tokenizer path, token file path).
-    """
-    tokenizer_chars = min(config.corpus_chars, config.tokenizer_chars)
-    name = f"tokens-{config.corpus}-{config.corpus_chars}c-v{config.vocab_size}-t{tokenizer_chars}c"
-    folder = resolve_cache_dir(config.data_dir or None) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer_path, tokens_path = folder / TOKENIZER_NAME, folder / "train.bin"
-    if not tokenizer_path.is_file():
-        text = list(corpus(config.corpus, tokenizer_chars))
-        Tokenizer.train(text, config.vocab_size, progress=progress).save(tokenizer_path)
-    if not Path(str(tokens_path) + ".json").is_file():
-        tokenizer = Tokenizer.load(tokenizer_path)
-        big = config.corpus_chars >= 20_000_000  # worth several encoding processes
-        tokenize_to_file(corpus(config.corpus, config.corpus_chars), tokenizer, tokens_path,
-                         progress=progress, corpus=f"{config.corpus}:{config.corpus_chars}",
-                         workers=min(8, os.cpu_count() or 1) if big else 1)
-    return tokenizer_path, tokens_path
-
-
-def split_tokens(tokens: np.ndarray, val_fraction: float, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val): the last `val_fraction` of the tokens is validation, never trained on."""
-    n_val = int(len(tokens) * val_fraction)
-    if min(n_val, len(tokens) - n_val) <= block_size:
-        raise ValueError(f"{len(tokens)} tokens are too few for block_size={block_size} and "
-                         f"val_fraction={val_fraction}; raise corpus_chars")
-    return tokens[:-n_val], tokens[-n_val:]
 
 
 # ---------------------------------------------------------------------------------- the trainer
@@ -580,28 +372,18 @@ class Trainer:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "step": self.step,
-            "losses": list(self.losses),
-            "config": dataclasses.asdict(self.config),
-            "model_config": self.raw_model.config.to_dict(),
-            "model": self.raw_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "tokenizer": {"path": str(self.tokenizer_path) if self.tokenizer_path else None,
-                          "sha256": _sha256(self.tokenizer_path) if self.tokenizer_path else None},
-            "rng": {**_rng_states(), "batches": self.batch_generator.get_state()},
-        }
+        return make_checkpoint(
+            self.raw_model.config.to_dict(), self.raw_model.state_dict(), tokenizer_entry(self.tokenizer_path),
+            config=dataclasses.asdict(self.config), step=self.step, losses=list(self.losses),
+            optimizer=self.optimizer.state_dict(),
+            rng={**_rng_states(), "batches": self.batch_generator.get_state()})
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write out_dir/ckpt.pt atomically (rank 0 only): a temp file renamed over the old one."""
         path = Path(path) if path is not None else self.out_dir / CHECKPOINT_NAME
         if not self.dist.is_main:
             return None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda file: torch.save(self.checkpoint_state(), file))
-        return path
+        return save_checkpoint(self.checkpoint_state(), path)
 
     def load_state(self, checkpoint: dict[str, Any]) -> None:
         """Restore weights, optimizer, step and every random state from `load_checkpoint`'s dict."""
@@ -617,19 +399,68 @@ class Trainer:
 
     @classmethod
     def resume(cls, path: str | os.PathLike, overrides: Sequence[str] = (), **parts: Any) -> Trainer:
-        """A Trainer that carries on from the checkpoint at `path` (its config, plus `overrides`)."""
+        """A Trainer that carries on from the checkpoint at `path` (its config, plus `overrides`).
+
+        An override of a setting the weights fix (`FIXED_BY_WEIGHTS`, the model's) is refused; one of
+        `CHANGEABLE_ON_RESUME` (the schedule, dropout) is allowed, e.g. to extend a run, with a warning
+        that the run no longer repeats an uninterrupted one. A finished run is refused.
+        """
+        path = Path(path)
         checkpoint = load_checkpoint(path)
-        if "optimizer" not in checkpoint:
+        if not all(key in checkpoint for key in ("config", "optimizer", "rng")):
             raise CheckpointError(f"{path} holds the weights only (save_weights), not a run to resume; "
                                   f"resume from the run's {CHECKPOINT_NAME}")
-        config = from_overrides(TrainConfig(**checkpoint["config"]), overrides)
+        saved = TrainConfig(**checkpoint["config"])
+        config = from_overrides(saved, overrides)
+        fixed, allowed = _changed_settings(saved, config)
+        if fixed:
+            raise ValueError(f"cannot resume with a different model: {', '.join(fixed)}; the checkpoint's "
+                             "weights fix these settings (start a new run in another out_dir to change them)")
+        if checkpoint["step"] >= config.max_steps:
+            raise ValueError(f"the run in {path} is finished: it has taken {checkpoint['step']} steps of "
+                             f"max_steps={config.max_steps}; to train it further, resume with a larger "
+                             f"max_steps, e.g. max_steps={2 * checkpoint['step']}")
+        if allowed:
+            warnings.warn(f"resuming with changed settings ({', '.join(allowed)}): the run goes on, but its "
+                          "losses no longer match an uninterrupted run's", stacklevel=2)
         trainer = cls(config, **parts)
         trainer.load_state(checkpoint)
         return trainer
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+# What a resumed run may change, at the cost of no longer repeating an uninterrupted run (so it is
+# warned about): the learning-rate schedule (e.g. a longer run), the batches, the data and dropout.
+# The weights fix the tokenizer (its corpus, vocabulary and the text its merges were learned from),
+# the context length and the other model settings. Bookkeeping and hardware settings change freely.
+CHANGEABLE_ON_RESUME = ("max_steps", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip",
+                        "aux_loss_weight", "batch_size", "grad_accum_steps", "corpus_chars", "val_fraction",
+                        "seed", "model.dropout")
+FIXED_BY_WEIGHTS = ("corpus", "vocab_size", "tokenizer_chars", "block_size")
+
+
+def _changed_settings(saved: TrainConfig, config: TrainConfig) -> tuple[list[str], list[str]]:
+    """The changes from `saved` to `config`, as "name old -> new": (those of settings the weights fix,
+    those of `CHANGEABLE_ON_RESUME`). Other settings (logging, evaluation, ...) change freely."""
+    old, new = _resume_settings(saved), _resume_settings(config)
+    fixed, changeable = [], []
+    for name in old:
+        if old[name] == new[name]:
+            continue
+        change = f"{name} {old[name]!r} -> {new[name]!r}"
+        if name in CHANGEABLE_ON_RESUME:
+            changeable.append(change)
+        elif name in FIXED_BY_WEIGHTS or name.startswith("model."):
+            fixed.append(change)
+    return fixed, changeable
+
+
+def _resume_settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings `_changed_settings` compares: the fields, `model.<field>` with the defaults filled
+    in, and tokenizer_chars as `prepare_data` uses it (no more than corpus_chars)."""
+    values = {name: value for name, value in dataclasses.asdict(config).items() if name != "model"}
+    values["tokenizer_chars"] = min(config.corpus_chars, config.tokenizer_chars)
+    model = config.gpt_config(config.vocab_size).to_dict()
+    return values | {f"model.{name}": value for name, value in model.items() if name not in values}
 
 
 def _rng_states() -> dict[str, Any]:
@@ -652,93 +483,3 @@ def _set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if torch.cuda.is_available() and states["cuda"]:
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def read_metrics(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of out_dir/metrics.jsonl, oldest first: step records (loss, lr, grad_norm,
-    tokens_per_s, mfu on a known GPU), eval records (train_loss, val_loss) and sample records."""
-    path = Path(out_dir) / METRICS_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics at {path}; train first (python -m llmcourse pretrain)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-class CheckpointError(ValueError):
-    """A file that is not a readable training checkpoint."""
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by `Trainer.save_checkpoint` (safely: weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; train one with `python -m llmcourse pretrain`")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated): {error}") from error
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a training checkpoint (no format={CHECKPOINT_FORMAT!r})")
-    if checkpoint.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')!r} is not supported")
-    return checkpoint
-
-
-def load_model(path: str | os.PathLike, device: torch.device | str | None = None) -> tuple[GPT, Tokenizer]:
-    """The trained model (in eval mode) and its tokenizer from a training checkpoint or a
-    `save_weights` file. The tokenizer is the file the run used or, if that has gone (a run folder
-    that was moved or copied), the `tokenizer.json` beside the checkpoint; either must be the same
-    file (sha256) the model was trained with."""
-    path = Path(path)
-    checkpoint = load_checkpoint(path)
-    model = GPT(GPTConfig.from_dict(checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
-    tokenizer_path = _tokenizer_of(path, checkpoint["tokenizer"])
-    return model.to(device or default_device()).eval(), Tokenizer.load(tokenizer_path)
-
-
-def _tokenizer_of(checkpoint_path: Path, info: dict[str, Any]) -> Path:
-    candidates = [Path(info["path"])] if info["path"] else []
-    candidates.append(checkpoint_path.parent / TOKENIZER_NAME)
-    found = [candidate for candidate in candidates if candidate.is_file()]
-    if not found:
-        raise CheckpointError(f"{checkpoint_path}: its tokenizer file {info['path']!r} is missing; "
-                              f"copy the run's {TOKENIZER_NAME} beside the checkpoint or retrain")
-    matching = next((candidate for candidate in found if _sha256(candidate) == info["sha256"]), None)
-    if matching is None:
-        raise CheckpointError(f"{checkpoint_path}: the tokenizer at {found[0]} is not the one it was trained "
-                              "with (different sha256); restore the original file")
-    return matching
-
-
-def save_weights(checkpoint_path: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Write the model of a training checkpoint without its optimizer state (a third of the size),
-    with the run's tokenizer beside it: what sampling and fine-tuning need, not resuming."""
-    checkpoint_path, path = Path(checkpoint_path), Path(path)
-    checkpoint = load_checkpoint(checkpoint_path)
-    tokenizer = _tokenizer_of(checkpoint_path, checkpoint["tokenizer"])
-    weights = {key: checkpoint[key] for key in ("format", "version", "step", "config", "model_config", "model")}
-    weights["tokenizer"] = {"path": None, "sha256": checkpoint["tokenizer"]["sha256"]}  # the file beside it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tokenizer.resolve() != (path.parent / TOKENIZER_NAME).resolve():
-        atomic_write(path.parent / TOKENIZER_NAME, lambda file: file.write(tokenizer.read_bytes()))
-    atomic_write(path, lambda file: torch.save(weights, file))
-    return path
-
-
-@torch.no_grad()
-def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64,
-                  temperature: float = 0.8, *, generator: torch.Generator | None = None,
-                  autocast: contextlib.AbstractContextManager | None = None) -> str:
-    """The text `model` writes after `prompt` (temperature 0: greedy). The prompt is cut to its
-    last tokens so that prompt + new tokens fit the context; generation stops at end-of-text."""
-    device = next(model.parameters()).device
-    ids = [tokenizer.special_tokens[ENDOFTEXT]] + tokenizer.encode_ordinary(prompt)
-    max_new_tokens = min(max_new_tokens, model.config.block_size - 1)
-    ids = ids[-(model.config.block_size - max_new_tokens):]
-    with autocast or contextlib.nullcontext():
-        out = model.generate(torch.tensor([ids], device=device), max_new_tokens, temperature,
-                             generator=generator)
-    new = out[0, len(ids):].tolist()
-    end = tokenizer.special_tokens[ENDOFTEXT]
-    return tokenizer.decode(new[: new.index(end)] if end in new else new)
-

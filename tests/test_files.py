@@ -3,9 +3,11 @@ JSON file is read only if it says it is the format and version the code expects.
 
 from __future__ import annotations
 
-import pytest
-
 import json
+import os
+import stat
+
+import pytest
 
 from llmcourse.files import atomic_path, atomic_write, read_versioned_json
 
@@ -63,3 +65,17 @@ def test_read_versioned_json_returns_the_whole_object(tmp_path):
     data = {"format": "demo", "version": 1, "payload": [1, "two"]}
     (tmp_path / "ok.json").write_text(json.dumps(data))
     assert read_versioned_json(tmp_path / "ok.json", "demo", 1, kind="probe file", error=ProbeFileError) == data
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_permissions_open_would_give_them(tmp_path, umask, mode):
+    """Not mkstemp's private 0600: a checkpoint is as readable as the run's other files."""
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "file.bin", lambda file: file.write(b"data"))
+        with atomic_path(tmp_path / "other.txt") as temporary:
+            temporary.write_text("data")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "file.bin").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "other.txt").stat().st_mode) == mode

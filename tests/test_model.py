@@ -14,11 +14,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmcourse.attention import KVCache, attention_reference
+from llmcourse.checkpoint import CheckpointError
 from llmcourse.losses import cross_entropy
 from llmcourse.mlp import MoE
 from llmcourse.model import (
     GPT,
-    CheckpointError,
     GPTConfig,
     count_params,
     flops_per_token,
@@ -49,29 +49,29 @@ def random_ids(batch: int, length: int, vocab: int = 32, seed: int = 1) -> torch
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"vocab_size": 0}, r"vocab_size must be a positive integer, got 0"),
-        ({"block_size": -3}, r"block_size must be a positive integer"),
-        ({"n_layer": 1.5}, r"n_layer must be a positive integer"),
-        ({"n_head": True}, r"n_head must be a positive integer"),
-        ({"n_embd": 0}, r"n_embd must be a positive integer"),
+        ({"vocab_size": 0}, r"vocab_size=0 must be an integer >= 1 \(use your tokenizer's vocabulary size\)"),
+        ({"block_size": -3}, r"block_size=-3 must be an integer >= 1"),
+        ({"n_layer": 1.5}, r"n_layer=1.5 must be an integer >= 1"),
+        ({"n_head": True}, r"n_head=True must be an integer >= 1"),
+        ({"n_embd": 0}, r"n_embd=0 must be an integer >= 1"),
         ({"n_embd": 100, "n_head": 3}, r"n_embd=100 must be divisible by n_head=3 \(try n_embd=102 or n_head=4\)"),
         ({"n_kv_heads": 3}, r"n_kv_heads=3 must divide n_head=4\b.*try n_kv_heads=4"),
-        ({"n_kv_heads": 0}, r"n_kv_heads must be a positive integer"),
-        ({"mlp": "geglu"}, r"mlp='geglu' is not one of \('relu', 'gelu', 'swiglu'\)"),
-        ({"mlp_hidden": 0}, r"mlp_hidden must be a positive integer"),
-        ({"norm": "batchnorm"}, r"norm='batchnorm' is not one of"),
-        ({"position": "alibi"}, r"position='alibi' is not one of"),
+        ({"n_kv_heads": 0}, r"n_kv_heads=0 must be an integer >= 1"),
+        ({"mlp": "geglu"}, r"mlp='geglu' must be one of 'relu', 'gelu', 'swiglu'"),
+        ({"mlp_hidden": 0}, r"mlp_hidden=0 must be an integer >= 1"),
+        ({"norm": "batchnorm"}, r"norm='batchnorm' must be one of"),
+        ({"position": "alibi"}, r"position='alibi' must be one of"),
         ({"position": "rope", "n_embd": 12, "n_head": 4}, r"head_dim .* must be even, got 12 // 4 = 3"),
         ({"position": "sinusoidal", "n_embd": 15, "n_head": 5}, r"n_embd must be even, got n_embd=15"),
         ({"rope_base": 1.0}, r"rope_base=1.0 must be a finite number > 1"),
         ({"rope_scale": 0.0}, r"rope_scale=0.0 must be a finite number > 0"),
-        ({"n_experts": 0}, r"n_experts must be a positive integer"),
-        ({"top_k": 0}, r"top_k must be a positive integer"),
+        ({"n_experts": 0}, r"n_experts=0 must be an integer >= 1"),
+        ({"top_k": 0}, r"top_k=0 must be an integer >= 1"),
         ({"n_experts": 4, "top_k": 5}, r"top_k=5 must be at most n_experts=4"),
-        ({"tie_weights": "yes"}, r"tie_weights must be True or False"),
-        ({"bias": 1}, r"bias must be True or False"),
-        ({"dropout": 1.0}, r"dropout=1.0 must be a probability in \[0, 1\)"),
-        ({"dropout": -0.1}, r"dropout=-0.1 must be a probability"),
+        ({"tie_weights": "yes"}, r"tie_weights='yes' must be True or False"),
+        ({"bias": 1}, r"bias=1 must be True or False"),
+        ({"dropout": 1.0}, r"dropout=1.0 must be a finite number >= 0.0 and < 1.0 \(a probability"),
+        ({"dropout": -0.1}, r"dropout=-0.1 must be a finite number >= 0.0"),
     ],
 )
 def test_config_rejects_bad_fields_with_a_fix(overrides, message):
@@ -183,7 +183,7 @@ def test_flops_per_token_counts_every_matmul(overrides):
     expected = 6 * matmul_weights(model, config.top_k, config.n_experts) + 12 * config.n_layer * config.n_embd * 10
     assert flops_per_token(config, seq_len=10) == expected
     assert flops_per_token(config) == flops_per_token(config, seq_len=config.block_size)
-    with pytest.raises(ValueError, match="seq_len must be a positive integer"):
+    with pytest.raises(ValueError, match="seq_len=0 must be an integer >= 1"):
         flops_per_token(config, seq_len=0)
 
 
@@ -456,17 +456,17 @@ def test_load_rejects_bad_files_clearly(tmp_path):
     truncated.write_bytes(good.read_bytes()[:200])
     text = tmp_path / "text.pt"
     text.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"truncated.pt: not a readable GPT checkpoint"):
+    with pytest.raises(CheckpointError, match=r"truncated.pt is not an llmcourse checkpoint \(a torch file that is truncated"):
         GPT.load(truncated)
-    with pytest.raises(CheckpointError, match=r"not a readable GPT checkpoint"):
+    with pytest.raises(CheckpointError, match=r"text.pt is not an llmcourse checkpoint \(a text file"):
         GPT.load(text)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    with pytest.raises(CheckpointError, match=r"not a GPT checkpoint"):
+    with pytest.raises(CheckpointError, match=r"other.pt is not an llmcourse checkpoint \(a bare state_dict"):
         GPT.load(other)
     mismatched = tmp_path / "mismatched.pt"
     checkpoint = torch.load(good, weights_only=True)
-    checkpoint["config"]["n_embd"] = 32
+    checkpoint["model_config"]["n_embd"] = 32
     torch.save(checkpoint, mismatched)
     with pytest.raises(CheckpointError, match=r"config and weights do not form a valid GPT"):
         GPT.load(mismatched)

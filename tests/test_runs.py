@@ -15,7 +15,9 @@ import torch
 
 from llmcourse.data.download import corpus
 from llmcourse.tokenizer import ENDOFTEXT
-from llmcourse.train import CONFIGS, Trainer, from_overrides, load_model, read_metrics
+from llmcourse.runs import load_model, read_metrics
+from llmcourse.train import Trainer
+from llmcourse.train_config import CONFIGS, from_overrides
 
 RUNS = Path(__file__).resolve().parents[1] / "book" / "runs"
 

@@ -1,5 +1,7 @@
-"""Tests for llmcourse.train: configs, the training step against a hand-written reference, exact
-resume, NaN handling, checkpoints, and DDP on CPU (gloo, 2 processes) against one process."""
+"""Tests for llmcourse.train and its neighbours (train_config, runs, data.prepare): configs, the
+training step against a hand-written reference, exact resume, NaN handling, checkpoints, and DDP on
+CPU (gloo, 2 processes) against one process. The checkpoint format's own tests are in
+test_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from llmcourse import train
+from llmcourse.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from llmcourse.data.prepare import prepare_data
 from llmcourse.data.tokens import get_batch
 from llmcourse.optim import param_groups
-from llmcourse.train import (CONFIGS, TrainConfig, Trainer, TrainingDivergedError, from_overrides,
-                             load_checkpoint, load_model, mfu, peak_flops)
+from llmcourse.runs import METRICS_NAME, TOKENIZER_NAME, generate_text, load_model, read_metrics, save_weights
+from llmcourse.train import Distributed, Trainer, TrainingDivergedError, mfu, peak_flops
+from llmcourse.train_config import CONFIGS, TrainConfig, from_overrides, get_config
 
 MICRO = ["corpus_chars=30000", "vocab_size=300", "batch_size=4", "block_size=16", "max_steps=8",
          "warmup_steps=2", "eval_every=4", "eval_batches=2", "checkpoint_every=4", "log_every=2",
@@ -30,7 +34,7 @@ MICRO = ["corpus_chars=30000", "vocab_size=300", "batch_size=4", "block_size=16"
 def data_dir(tmp_path_factory):
     """One tokenizer and token file shared by the module's tests (prepare_data caches them)."""
     folder = tmp_path_factory.mktemp("data")
-    train.prepare_data(micro_config(folder, folder / "unused"), progress=False)
+    prepare_data(micro_config(folder, folder / "unused"), progress=False)
     return folder
 
 
@@ -75,7 +79,7 @@ def test_named_configs_are_valid_and_unknown_names_are_refused():
     small = CONFIGS["gpu-small"].gpt_config(vocab_size=50257)
     assert (small.n_layer, small.n_head, small.n_embd, small.block_size) == (12, 12, 768, 1024)  # GPT-2 small
     with pytest.raises(ValueError, match="unknown config 'big'; choose one of cpu-tiny, gpu-small"):
-        train.get_config("big")
+        get_config("big")
 
 
 def test_mfu_and_peak_flops(monkeypatch):
@@ -122,7 +126,7 @@ def test_training_lowers_the_loss_and_logs_metrics(data_dir, tmp_path):
     assert len(losses) == 30 and all(math.isfinite(v) for v in losses)
     assert losses[0] == pytest.approx(math.log(trainer.tokenizer.vocab_size), abs=0.3)  # ln V at init
     assert np.mean(losses[-5:]) < losses[0] - 0.5
-    records = train.read_metrics(tmp_path)
+    records = read_metrics(tmp_path)
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [10, 20, 30]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
@@ -144,31 +148,31 @@ def test_resume_repeats_the_uninterrupted_losses_exactly(data_dir, tmp_path):
     del first
     torch.manual_seed(12345)  # disturb the global RNGs: resume must restore them
     np.random.seed(7)
-    resumed = Trainer.resume(tmp_path / "b" / train.CHECKPOINT_NAME, progress=False)
+    resumed = Trainer.resume(tmp_path / "b" / CHECKPOINT_NAME, progress=False)
     assert resumed.step == 4
     tail = resumed.train()
     assert torch.equal(torch.tensor(straight), torch.tensor(head + tail))
     assert resumed.losses == straight
-    logged = [r["step"] for r in train.read_metrics(tmp_path / "b") if "loss" in r]
+    logged = [r["step"] for r in read_metrics(tmp_path / "b") if "loss" in r]
     assert logged == [2, 4, 6, 8]  # each step logged once across the two runs
 
 
 def test_a_fresh_run_starts_a_fresh_log(data_dir, tmp_path):
     for _ in range(2):
         Trainer(micro_config(data_dir, tmp_path, "max_steps=2", "warmup_steps=0"), progress=False).train()
-    assert [r["step"] for r in train.read_metrics(tmp_path) if "loss" in r] == [2]
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [2]
 
 
 def test_checkpoint_loads_with_weights_only_and_samples(data_dir, tmp_path):
     trainer = Trainer(micro_config(data_dir, tmp_path, "max_steps=2"), progress=False)
     trainer.train()
-    checkpoint = torch.load(tmp_path / train.CHECKPOINT_NAME, weights_only=True)
+    checkpoint = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert checkpoint["step"] == 2 and checkpoint["config"] == dataclasses.asdict(trainer.config)
-    model, tokenizer = load_model(tmp_path / train.CHECKPOINT_NAME, device="cpu")
+    model, tokenizer = load_model(tmp_path / CHECKPOINT_NAME, device="cpu")
     for name, value in trainer.raw_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value)
     assert tokenizer == trainer.tokenizer
-    greedy = [train.generate_text(model, tokenizer, "Once", 10, temperature=0.0) for _ in range(2)]
+    greedy = [generate_text(model, tokenizer, "Once", 10, temperature=0.0) for _ in range(2)]
     assert greedy[0] == greedy[1]
     assert not list(tmp_path.glob("*.tmp"))  # atomic writes leave no temporary files
 
@@ -177,30 +181,30 @@ def test_checkpoint_errors_name_the_problem(data_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(train.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="junk.pt is not an llmcourse checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
     Trainer(micro_config(data_dir, tmp_path, "max_steps=1", "warmup_steps=0"), progress=False).train()
-    with open(tmp_path / train.TOKENIZER_NAME, "a") as file:
+    with open(tmp_path / TOKENIZER_NAME, "a") as file:
         file.write(" ")  # a different tokenizer file than the model was trained with
-    with pytest.raises(train.CheckpointError, match="not the one it was trained with"):
-        load_model(tmp_path / train.CHECKPOINT_NAME)
+    with pytest.raises(CheckpointError, match="not the one it was trained with"):
+        load_model(tmp_path / CHECKPOINT_NAME)
 
 
 def test_saved_weights_are_a_third_of_the_checkpoint_and_travel_with_their_tokenizer(data_dir, tmp_path):
     trainer = Trainer(micro_config(data_dir, tmp_path / "run", "max_steps=2"), progress=False)
     trainer.train()
-    weights = train.save_weights(tmp_path / "run" / train.CHECKPOINT_NAME, tmp_path / "export" / "model.pt")
-    assert weights.stat().st_size < 0.5 * (tmp_path / "run" / train.CHECKPOINT_NAME).stat().st_size
+    weights = save_weights(tmp_path / "run" / CHECKPOINT_NAME, tmp_path / "export" / "model.pt")
+    assert weights.stat().st_size < 0.5 * (tmp_path / "run" / CHECKPOINT_NAME).stat().st_size
     moved = tmp_path / "moved"
     (tmp_path / "export").rename(moved)  # a copied or moved folder still loads: the tokenizer is beside it
     model, tokenizer = load_model(moved / "model.pt", device="cpu")
     for name, value in trainer.raw_model.state_dict().items():
         assert torch.equal(model.state_dict()[name], value)
     assert tokenizer == trainer.tokenizer
-    with pytest.raises(train.CheckpointError, match="weights only"):
+    with pytest.raises(CheckpointError, match="weights only"):
         Trainer.resume(moved / "model.pt", progress=False)
-    (moved / train.TOKENIZER_NAME).unlink()
-    with pytest.raises(train.CheckpointError, match="tokenizer file None is missing"):
+    (moved / TOKENIZER_NAME).unlink()
+    with pytest.raises(CheckpointError, match="its tokenizer file is missing"):
         load_model(moved / "model.pt")
 
 
@@ -215,7 +219,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_pat
         trainer.train()
     assert trainer.step == 3
     assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())  # the bad step was not applied
-    checkpoint = load_checkpoint(tmp_path / train.CHECKPOINT_NAME)
+    checkpoint = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert checkpoint["step"] == 2 and len(checkpoint["losses"]) == 2
 
 
@@ -257,10 +261,10 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(data_dir
 
 def test_only_rank_zero_writes(data_dir, tmp_path, monkeypatch):
     trainer = Trainer(micro_config(data_dir, tmp_path / "r1", "max_steps=2"), progress=False)
-    trainer.dist = train.Distributed(rank=1, local_rank=1, world_size=1)  # pretend to be rank 1
+    trainer.dist = Distributed(rank=1, local_rank=1, world_size=1)  # pretend to be rank 1
     trainer.train()
-    assert not (tmp_path / "r1" / train.CHECKPOINT_NAME).exists()
-    assert not (tmp_path / "r1" / train.METRICS_NAME).exists()
+    assert not (tmp_path / "r1" / CHECKPOINT_NAME).exists()
+    assert not (tmp_path / "r1" / METRICS_NAME).exists()
 
 
 # ---------------------------------------------------------------------------------- GPU
@@ -274,7 +278,7 @@ def test_cuda_training_uses_bf16_autocast_fused_adamw_and_reports_mfu(data_dir, 
         assert torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16
     losses = trainer.train()
     assert all(math.isfinite(v) for v in losses)
-    records = [json.loads(line) for line in (tmp_path / train.METRICS_NAME).read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
     if peak_flops(trainer.device) is not None:
         assert all(0 < r["mfu"] < 1 for r in records if "tokens_per_s" in r)
 

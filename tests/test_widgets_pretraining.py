@@ -129,7 +129,7 @@ def test_figures_draw_what_they_are_given(tmp_path):
     assert ax_params.get_xscale() == "log" and ax_compute.get_xscale() == "log"
     assert len(ax_compute.lines) == 3  # two runs and the envelope
     np.testing.assert_array_equal(ax_params.lines[0].get_ydata(), [3.5, 3.0])  # final losses, in order
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match=r"world_size=0 must be an integer >= 1 \(the number of GPUs\)"):
         ddp_figure(world_size=0)
     diagram = ddp_figure(world_size=2, grad_accum_steps=3, batch_size=4)
     texts = [t.get_text() for t in diagram.axes[0].texts]

@@ -31,7 +31,10 @@ import torch
 
 from llmcourse.files import atomic_write
 from llmcourse.model import count_params
-from llmcourse.train import CHECKPOINT_NAME, METRICS_NAME, TrainConfig, Trainer, get_config, save_weights
+from llmcourse.checkpoint import CHECKPOINT_NAME
+from llmcourse.runs import METRICS_NAME, save_weights
+from llmcourse.train import Trainer
+from llmcourse.train_config import TrainConfig, get_config
 
 RUNS = Path(__file__).resolve().parent
 # Samples are taken at these optimizer steps (and at the last): roughly doubling, because the

@@ -4,7 +4,7 @@ A recorded run is a folder written by `book/runs/record.py` (the package's own T
 the package's own config):
 
     run.json       how the run was made: command, config, params, flops_per_token, machine, time
-    metrics.jsonl  the Trainer's log (`llmcourse.train.read_metrics`): step, eval and sample records
+    metrics.jsonl  the Trainer's log (`llmcourse.runs.read_metrics`): step, eval and sample records
     samples.json   optional: [{step, tokens, prompt, sample}] at a few steps during the run
 
 `RecordedRun.load(folder)` reads one; `loss_curve_figure` draws its curves, `sample_html` shows what
@@ -30,8 +30,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
+from llmcourse.checks import check_int
 from llmcourse.plots import figure_to_png
-from llmcourse.train import read_metrics
+from llmcourse.runs import read_metrics
 from llmcourse.widgets.explorer import Explorer
 
 RUN_INFO_NAME = "run.json"
@@ -236,9 +237,9 @@ def scaling_figure(runs: Mapping[str, RecordedRun], *, title: str | None = None)
 def ddp_figure(world_size: int = 4, grad_accum_steps: int = 2, batch_size: int = 16) -> Figure:
     """One optimizer step of data-parallel training, drawn: the global batch cut into one slice per
     rank, each rank's micro-batches (forward + backward), the gradient all-reduce, the same update."""
-    if world_size < 1 or grad_accum_steps < 1 or batch_size < 1:
-        raise ValueError(f"world_size={world_size}, grad_accum_steps={grad_accum_steps} and "
-                         f"batch_size={batch_size} must all be at least 1")
+    check_int("world_size", world_size, 1, hint="the number of GPUs")
+    check_int("grad_accum_steps", grad_accum_steps, 1)
+    check_int("batch_size", batch_size, 1)
     fig = Figure(figsize=(10.0, 1.0 + 0.8 * world_size), layout="constrained")
     ax = fig.add_subplot()
     micro_width, gap = 1.7, 0.15
