@@ -1,6 +1,6 @@
 """Course tooling: release the exercises, check they are in sync, start a copy, autograde.
 
-A course lives in one folder, the *course root* (where ``nbgrader_config.py`` is)::
+A course lives in one folder, the *course root* (where `nbgrader_config.py` is):
 
     solutions/NN-slug/NN-slug.ipynb    nbgrader source: solutions, visible and hidden tests
     exercises/NN-slug/NN-slug.ipynb    the release learners open, generated from solutions/
@@ -8,7 +8,7 @@ A course lives in one folder, the *course root* (where ``nbgrader_config.py`` is
     work/NN-slug/                      a learner's own copy (`start`); tooling never writes here
     submitted/STUDENT/NN-slug/         what an instructor collected, graded by `grade`
 
-Every nbgrader step runs as ``python -m nbgrader ...`` in a subprocess of this interpreter, so
+Every nbgrader step runs as `python -m nbgrader ...` in a subprocess of this interpreter, so
 the right nbgrader (and kernel) is used whatever is on PATH. Student code is untrusted: `grade`
 runs it with a time limit per cell and per student, a memory limit and, where Linux allows,
 no network (see `limited_command`).
@@ -264,7 +264,7 @@ def _require_well_formed(root: Path, assignments: Iterable[str]) -> None:
 def normalize_notebook(raw: bytes) -> bytes:
     """A notebook in one canonical form: sorted keys, indent 1, trailing newline, no timestamps.
 
-    Cells without an id (nbformat >= 4.5 requires one) get ``cell-<index>`` rather than the
+    Cells without an id (nbformat >= 4.5 requires one) get `cell-<index>` rather than the
     random id nbformat would invent when reading, so the same source always gives the same bytes.
     """
     import nbformat
