@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from llmcourse.checks import ArgumentError, check_int, check_real, check_shape
+
 if TYPE_CHECKING:  # only for the annotation; attention never needs position at run time
     from llmcourse.position import RotaryEmbedding
 
@@ -46,27 +48,20 @@ def causal_mask(t_query: int, t_key: int | None = None, device: torch.device | s
         causal_mask(2, 4) = [[T, T, T, F],
                              [T, T, T, T]]
     """
+    check_int("t_query", t_query, 1)
     t_key = t_query if t_key is None else t_key
-    if t_query < 1 or t_key < t_query:
-        raise ValueError(f"causal_mask needs 1 <= t_query <= t_key, got t_query={t_query}, t_key={t_key}: "
-                         "queries are the last t_query of the t_key positions, so there cannot be more "
-                         "queries than keys (did you forget to append the new keys to the cache?)")
+    check_int("t_key", t_key, t_query, hint="at least t_query: the queries are the last t_query of the t_key "
+              "positions (did you forget to append the new keys to the cache?)")
     # tril(diagonal=k) keeps column j in row i when j <= i + k; k = Tk - Tq aligns bottom-right.
     return torch.ones(t_query, t_key, dtype=torch.bool, device=device).tril(diagonal=t_key - t_query)
 
 
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     """Raise a clear error unless q (..., Tq, D), k (..., Tk, D) and v (..., Tk, Dv) fit together."""
-    if q.dim() < 2 or k.dim() != q.dim() or v.dim() != q.dim():
-        raise ValueError(f"q, k, v must have the same rank >= 2, e.g. (B, H, T, D); got shapes "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
-        raise ValueError(f"q, k, v must agree on the leading (batch, head) dims; got shapes "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)} (for GQA, use repeat_kv first)")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same head size D to be dotted; got {q.shape[-1]} and {k.shape[-1]}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must hold the same number of positions; got {k.shape[-2]} and {v.shape[-2]}")
+    check_shape("q", q, (..., "Tq", "D"))
+    check_shape("k", k, (*q.shape[:-2], "Tk", q.shape[-1]), hint="q's leading (batch, head) dims and its head "
+                "size D, to be dotted with q; for GQA, use repeat_kv first")
+    check_shape("v", v, (*k.shape[:-1], "Dv"), hint="k's leading dims and its number of positions Tk")
 
 
 def _with_causal(mask: Tensor | None, t_query: int, t_key: int, device: torch.device) -> Tensor:
@@ -148,17 +143,16 @@ def attention_fast(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, *, mask
 
 def split_heads(x: Tensor, n_heads: int) -> Tensor:
     """(B, T, H·D) -> (B, H, T, D): cut the channels into H heads of D each, heads before time."""
-    if x.dim() != 3 or x.shape[-1] % n_heads != 0:
-        raise ValueError(f"split_heads expects (B, T, H*D) with the last dim divisible by n_heads={n_heads}, "
-                         f"got shape {tuple(x.shape)}")
+    check_shape("x", x, ("B", "T", "C"))
+    check_int("n_heads", n_heads, 1)
+    _check_divisible("C", x.shape[-1], "n_heads", n_heads, "each head gets C / n_heads channels")
     batch, time, channels = x.shape
     return x.view(batch, time, n_heads, channels // n_heads).transpose(1, 2)
 
 
 def merge_heads(x: Tensor) -> Tensor:
     """(B, H, T, D) -> (B, T, H·D): the inverse of `split_heads` (concatenate the heads)."""
-    if x.dim() != 4:
-        raise ValueError(f"merge_heads expects (B, H, T, D), got shape {tuple(x.shape)}")
+    check_shape("x", x, ("B", "H", "T", "D"), hint="the output of split_heads")
     batch, heads, time, head_dim = x.shape
     # transpose makes the tensor non-contiguous, so reshape (which copies) rather than view
     return x.transpose(1, 2).reshape(batch, time, heads * head_dim)
@@ -171,8 +165,8 @@ def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
     an expand (a view, no copy yet) followed by one reshape (which copies, since the expanded
     view is not contiguous).
     """
-    if x.dim() != 4 or n_rep < 1:
-        raise ValueError(f"repeat_kv expects x (B, H_kv, T, D) and n_rep >= 1, got shape {tuple(x.shape)}, n_rep={n_rep}")
+    check_shape("x", x, ("B", "H_kv", "T", "D"))
+    check_int("n_rep", n_rep, 1, hint="the query heads each key/value head serves, H / H_kv")
     if n_rep == 1:
         return x
     batch, kv_heads, time, head_dim = x.shape
@@ -196,9 +190,7 @@ class KVCache:
     """
 
     def __init__(self, n_layers: int) -> None:
-        if n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-        self.n_layers = n_layers
+        self.n_layers = check_int("n_layers", n_layers, 1, hint="one slot per transformer block")
         self.keys: list[Tensor | None] = [None] * n_layers
         self.values: list[Tensor | None] = [None] * n_layers
 
@@ -217,16 +209,16 @@ class KVCache:
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append k, v (B, H_kv, T_new, D) for `layer`; return all of them (B, H_kv, T_past + T_new, D)."""
         self._check_layer(layer)
-        if k.dim() != 4 or k.shape != v.shape:
-            raise ValueError(f"k and v must both be (B, H_kv, T, D) of one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        check_shape("k", k, ("B", "H_kv", "T", "D"))
+        check_shape("v", v, tuple(k.shape), hint="the same shape as k")
         past_k, past_v = self.keys[layer], self.values[layer]
         if past_k is None or past_v is None:
             self.keys[layer], self.values[layer] = k, v
         else:
             if past_k.shape[:2] != k.shape[:2] or past_k.shape[-1] != k.shape[-1]:
-                raise ValueError(f"layer {layer} caches (B, H_kv, T, D) = {tuple(past_k.shape)} but got new keys "
-                                 f"{tuple(k.shape)}: batch, heads and head size must stay the same "
-                                 "(call reset() to start a new sequence)")
+                raise ArgumentError(f"layer {layer} caches (B, H_kv, T, D) = {tuple(past_k.shape)} but got new keys "
+                                    f"{tuple(k.shape)}: batch, heads and head size must stay the same "
+                                    "(call reset() to start a new sequence)")
             self.keys[layer] = torch.cat([past_k, k], dim=-2)
             self.values[layer] = torch.cat([past_v, v], dim=-2)
         return self.keys[layer], self.values[layer]  # type: ignore[return-value]
@@ -242,9 +234,8 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values if t is not None)
 
     def _check_layer(self, layer: int) -> None:
-        if not 0 <= layer < self.n_layers:
-            raise IndexError(f"layer {layer} is outside this cache of n_layers={self.n_layers} "
-                             f"(valid: 0..{self.n_layers - 1}); build KVCache(n_layers) with the model's layer count")
+        check_int("layer", layer, 0, below=self.n_layers, hint="one per layer: build KVCache(n_layers) with "
+                  "the model's layer count")
 
 
 def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int,
@@ -290,14 +281,15 @@ class CausalSelfAttention(nn.Module):
     ) -> None:
         super().__init__()
         n_kv_heads = n_head if n_kv_heads is None else n_kv_heads
-        _check_sizes(n_embd, n_head, n_kv_heads, dropout)
+        _check_heads(n_embd, n_head, n_kv_heads)
+        check_real("dropout", dropout, minimum=0, below=1, hint="the probability of zeroing an output")
         self.n_embd, self.n_head, self.n_kv_heads = n_embd, n_head, n_kv_heads
         self.head_dim = n_embd // n_head
-        self.layer_idx = layer_idx
+        self.layer_idx = check_int("layer_idx", layer_idx, 0, hint="which slot of a KVCache this layer uses")
         rope_dim = getattr(rope, "head_dim", self.head_dim)
         if rope_dim != self.head_dim:
-            raise ValueError(f"rope was built for head_dim={rope_dim} but this layer's heads have "
-                             f"n_embd // n_head = {self.head_dim}; build RotaryEmbedding({self.head_dim}, ...)")
+            raise ArgumentError(f"rope was built for head_dim={rope_dim} but this layer's heads have "
+                                f"n_embd // n_head = {self.head_dim}; build RotaryEmbedding({self.head_dim}, ...)")
         self.q_proj = nn.Linear(n_embd, n_head * self.head_dim, bias=bias)
         self.k_proj = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(n_embd, n_kv_heads * self.head_dim, bias=bias)
@@ -309,7 +301,7 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, kv_cache: KVCache | None = None) -> Tensor:
         """(B, T, C) -> (B, T, C). With `kv_cache`, x holds only the new tokens; they attend to
         everything cached for this layer plus themselves, and their keys/values are appended."""
-        self._check_input(x)
+        check_shape("x", x, ("B", "T", self.n_embd), hint="add a batch dim with x.unsqueeze(0) if you have (T, C)")
         q = split_heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
         v = split_heads(self.v_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
@@ -323,26 +315,22 @@ class CausalSelfAttention(nn.Module):
         out = self.attention_fn(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), True)  # causal
         return self.dropout(self.out_proj(merge_heads(out)))
 
-    def _check_input(self, x: Tensor) -> None:
-        if x.dim() != 3 or x.shape[-1] != self.n_embd:
-            raise ValueError(f"CausalSelfAttention expects x of shape (B, T, C={self.n_embd}), got "
-                             f"{tuple(x.shape)}; add a batch dim with x.unsqueeze(0) if you have (T, C)")
-
     def extra_repr(self) -> str:
         return (f"n_embd={self.n_embd}, n_head={self.n_head}, n_kv_heads={self.n_kv_heads}, "
                 f"head_dim={self.head_dim}, layer_idx={self.layer_idx}")
 
 
-def _check_sizes(n_embd: Any, n_head: Any, n_kv_heads: Any, dropout: float) -> None:
+def _check_heads(n_embd: Any, n_head: Any, n_kv_heads: Any) -> None:
     """Raise a clear error for head counts that cannot split the model width evenly."""
-    for name, value in (("n_embd", n_embd), ("n_head", n_head), ("n_kv_heads", n_kv_heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if n_embd % n_head != 0:
-        raise ValueError(f"n_embd={n_embd} is not divisible by n_head={n_head}: each head gets n_embd / n_head "
-                         f"channels; pick n_head among the divisors of {n_embd}")
-    if n_head % n_kv_heads != 0:
-        raise ValueError(f"n_head={n_head} is not divisible by n_kv_heads={n_kv_heads}: each key/value head "
-                         f"serves n_head / n_kv_heads query heads; pick n_kv_heads among the divisors of {n_head}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    check_int("n_embd", n_embd, 1)
+    check_int("n_head", n_head, 1)
+    check_int("n_kv_heads", n_kv_heads, 1, hint="None for one per query head")
+    _check_divisible("n_embd", n_embd, "n_head", n_head, "each head gets n_embd / n_head channels")
+    _check_divisible("n_head", n_head, "n_kv_heads", n_kv_heads,
+                     "each key/value head serves n_head / n_kv_heads query heads")
+
+
+def _check_divisible(name: str, value: int, divisor_name: str, divisor: int, why: str) -> None:
+    if value % divisor:
+        raise ArgumentError(f"{name}={value} is not divisible by {divisor_name}={divisor}: {why}; "
+                            f"pick {divisor_name} among the divisors of {value}")

@@ -13,13 +13,12 @@ chapter 08 replaces the table by a transformer and keeps everything else.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from llmcourse.checks import (
+    ArgumentError, check_id_range, check_int, check_integer_tensor, check_real, check_shape)
 from llmcourse.losses import cross_entropy, log_softmax
 
 
@@ -28,6 +27,7 @@ def count_bigrams(ids: Tensor, vocab_size: int) -> Tensor:
 
     Shapes: ids `(N,)` -> counts `(V, V)` (torch.long), summing to N - 1.
     """
+    check_int("vocab_size", vocab_size, 1)
     _check_ids(ids, vocab_size, min_length=0)
     # Number each pair (a, b) as a * V + b, one bin per cell of the (V, V) table, so a single
     # bincount over all N - 1 pairs counts them at once, with no Python loop.
@@ -45,11 +45,10 @@ def bigram_probs(counts: Tensor, smoothing: float = 1.0) -> Tensor:
     k > 0 gives unseen pairs a small probability instead of 0 (whose log is -inf). With k = 0 a row
     with no counts at all (a token never followed by anything) has no data, and becomes uniform.
     """
-    _check_square(counts, "counts")
-    if not isinstance(smoothing, numbers.Real) or not 0 <= smoothing < math.inf:
-        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+    _check_square("counts", counts)
+    check_real("smoothing", smoothing, minimum=0, hint="k: 1.0 is add-one smoothing, 0.0 none")
     if (counts < 0).any():
-        raise ValueError("counts must be >= 0; got a negative count (pass the output of count_bigrams)")
+        raise ArgumentError("counts must be >= 0; got a negative count (pass the output of count_bigrams)")
     dtype = counts.dtype if counts.is_floating_point() else torch.get_default_dtype()
     smoothed = counts.to(dtype) + smoothing
     row_totals = smoothed.sum(dim=1, keepdim=True)
@@ -66,7 +65,7 @@ def bigram_nll(probs: Tensor, ids: Tensor) -> Tensor:
     Shapes: probs `(V, V)`, ids `(N,)` with N >= 2 -> a scalar tensor. A pair with probability 0
     gives inf: that is what smoothing prevents.
     """
-    _check_square(probs, "probs")
+    _check_square("probs", probs)
     _check_ids(ids, probs.shape[0], min_length=2)
     # Indexing with the two id vectors picks probs[ids[i], ids[i+1]] for every i at once.
     return -probs[ids[:-1], ids[1:]].log().mean()
@@ -85,10 +84,9 @@ def sample_bigram(
     same generator seed gives the same text. Sampling is inherently sequential: step t needs the
     token chosen at step t-1.
     """
-    _check_square(probs, "probs")
-    vocab_size = probs.shape[0]
-    _check_integer(start_id, "start_id", minimum=0, below=vocab_size)
-    _check_integer(num_tokens, "num_tokens", minimum=0)
+    _check_square("probs", probs)
+    check_int("start_id", start_id, 0, below=probs.shape[0], hint="the id of the token the text starts from")
+    check_int("num_tokens", num_tokens, 0)
     # A generator draws numbers only on its own device: sample there (a CPU generator with GPU
     # probs samples on the CPU, which is also faster for this one-token-at-a-time loop).
     table = probs if generator is None else probs.to(generator.device)
@@ -138,8 +136,7 @@ class NeuralBigram(nn.Module):
 
     def __init__(self, vocab_size: int):
         super().__init__()
-        _check_integer(vocab_size, "vocab_size", minimum=1)
-        self.vocab_size = int(vocab_size)
+        self.vocab_size = check_int("vocab_size", vocab_size, 1)
         self.logit_table = nn.Embedding(self.vocab_size, self.vocab_size)
         # All-zero logits make every row uniform, p = 1/V, so the untrained loss is exactly
         # -log(1/V) = ln V: the loss of knowing nothing, the baseline training must beat.
@@ -172,8 +169,12 @@ def train_neural_bigram(
     so rare tokens' rows learn as fast as common ones' (chapter 09 explains it).
     Runs on `device` (default: the device of `ids`). Returns the model and the loss of every step.
     """
+    check_int("vocab_size", vocab_size, 1)
     _check_ids(ids, vocab_size, min_length=2)
-    _check_training_settings(steps, lr, batch_size)
+    check_int("steps", steps, 1)
+    check_real("lr", lr, above=0, hint="Adam's step size; 0.5 suits this one-layer model")
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1, hint="or None for the full batch")
     device = ids.device if device is None else torch.device(device)
     ids = ids.to(device)
     inputs, targets = ids[:-1], ids[1:]
@@ -200,40 +201,17 @@ def train_neural_bigram(
 
 
 def _check_ids(ids: Tensor, vocab_size: int, min_length: int) -> None:
-    """Raise a clear error unless ids is a 1-D integer tensor of ids in [0, vocab_size)."""
-    _check_integer(vocab_size, "vocab_size", minimum=1)
-    if not isinstance(ids, Tensor) or ids.dim() != 1:
-        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"ids must be a 1-D tensor of token ids (N,), got {shape}; "
-                         "flatten a batch with ids.reshape(-1) or wrap a list with torch.tensor(...)")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"ids must be integer token ids, got dtype {ids.dtype}; convert with ids.long()")
+    """Raise a clear error unless ids is a 1-D integer tensor of `min_length` or more ids in [0, vocab_size)."""
+    check_integer_tensor("ids", ids)
+    check_shape("ids", ids, ("N",), hint="flatten a batch with ids.reshape(-1)")
     if len(ids) < min_length:
-        raise ValueError(f"need at least {min_length} ids to form a (current, next) pair, got {len(ids)}")
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        position = int(bad.nonzero()[0])
-        raise ValueError(f"token id {int(ids[position])} at position {position} is outside "
-                         f"[0, {vocab_size}); use a vocab_size larger than the largest id")
+        raise ArgumentError(f"ids holds {len(ids)} ids but needs at least {min_length} "
+                            "to form a (current, next) pair")
+    check_id_range("ids", ids, vocab_size, hint="use a vocab_size larger than the largest id")
 
 
-def _check_square(table: Tensor, name: str) -> None:
-    if not isinstance(table, Tensor) or table.dim() != 2 or table.shape[0] != table.shape[1] or table.shape[0] == 0:
-        shape = tuple(table.shape) if isinstance(table, Tensor) else type(table).__name__
-        raise ValueError(f"{name} must be a square (V, V) tensor with V >= 1, got {shape}")
-
-
-def _check_training_settings(steps: int, lr: float, batch_size: int | None) -> None:
-    _check_integer(steps, "steps", minimum=1)
-    if not isinstance(lr, numbers.Real) or not 0 < lr < math.inf:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if batch_size is not None:
-        _check_integer(batch_size, "batch_size (None for the full batch)", minimum=1)
-
-
-def _check_integer(value: int, name: str, minimum: int, below: int | None = None) -> None:
-    """Raise ValueError naming `value` unless it is an integer with minimum <= value (< below)."""
-    is_integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not is_integer or value < minimum or (below is not None and value >= below):
-        allowed = f"an integer >= {minimum}" if below is None else f"an integer in [{minimum}, {below})"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+def _check_square(name: str, table: Tensor) -> None:
+    """Raise a clear error unless `table` is a square `(V, V)` tensor with V >= 1."""
+    check_shape(name, table, ("V", "V"), hint="a square table, one row and one column per token")
+    if table.shape[0] != table.shape[1] or table.shape[0] == 0:
+        raise ArgumentError(f"{name} must be a square (V, V) tensor with V >= 1, got shape {tuple(table.shape)}")

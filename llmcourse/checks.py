@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "check_int",
     "check_integer_tensor",
     "check_real",
+    "check_shape",
     "is_integer",
     "is_real",
 ]
@@ -61,12 +62,13 @@ def check_int(name: str, value: Any, minimum: int | None = None, *, below: int |
               hint: str = "") -> int:
     """`value` as an int, if it is an integer with `minimum <= value` (and `value < below`).
 
-    A symbolic int (torch.compile with dynamic shapes) is returned as it is, unchecked against
-    the bounds, since its value is not known while the graph is traced.
+    While torch.compile traces a graph, `value` is returned as it is, unchecked against the bounds:
+    a symbolic int (dynamic shapes) has no value yet, and converting it would specialise the graph
+    to one value, recompiling for every other (eager mode checks the bounds).
     """
     if not is_integer(value):
         raise _fail(name, value, _integer_range(minimum, below), hint)
-    if isinstance(value, torch.SymInt):
+    if isinstance(value, torch.SymInt) or torch.compiler.is_compiling():
         return value
     value = operator.index(value)
     if (minimum is not None and value < minimum) or (below is not None and value >= below):
@@ -132,15 +134,36 @@ def check_integer_tensor(name: str, values: Any, hint: str = "") -> Tensor:
     return values
 
 
-def check_id_range(name: str, values: Tensor, limit: int, hint: str) -> None:
-    """Raise unless every entry of the integer tensor `values` lies in [0, limit).
+def check_id_range(name: str, values: Any, limit: int, hint: str) -> Tensor:
+    """`values`, if it is a tensor of integers (see `check_integer_tensor`) all in [0, limit).
 
-    Reading the answer back from a GPU waits for it (a sync), so a compiled graph skips the check.
+    Reading the answer back from a GPU waits for it (a sync), so a compiled graph skips the range
+    (but not the type) check.
     """
+    check_integer_tensor(name, values)
     if torch.compiler.is_compiling():
-        return
+        return values
     bad = (values < 0) | (values >= limit)
     if bad.any():
         index = tuple(int(i) for i in bad.nonzero()[0])
         where = f" at index {index[0] if len(index) == 1 else index}"
         raise ArgumentError(f"{name}: {int(values[index])}{where} is outside [0, {limit}); {hint}")
+    return values
+
+
+def check_shape(name: str, values: Any, shape: Sequence[Any], hint: str = "") -> Tensor:
+    """`values`, if it is a tensor of `shape`: an int is an exact size, a str (a letter such as
+    "B") any size, and a leading `...` any number of leading dimensions.
+
+    `check_shape("x", x, (..., 16))` accepts `(16,)` and `(2, 5, 16)`; `("B", "T", 16)` wants 3-D.
+    """
+    leading = len(shape) > 0 and shape[0] is Ellipsis
+    sizes = shape[1:] if leading else shape
+    if isinstance(values, Tensor) and (values.dim() >= len(sizes) if leading else values.dim() == len(sizes)):
+        actual = values.shape[values.dim() - len(sizes):]
+        if all(isinstance(want, str) or size == want for size, want in zip(actual, sizes)):
+            return values
+    expected = ", ".join("..." if size is Ellipsis else str(size) for size in shape)
+    expected = f"({expected},)" if len(shape) == 1 else f"({expected})"
+    got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
+    raise ArgumentError(f"{name} must be a tensor of shape {expected}, got {got}" + (f" ({hint})" if hint else ""))

@@ -15,13 +15,14 @@ Representations").
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from llmcourse.checks import ArgumentError, check_id_range, check_int, check_real, check_shape
 
 __all__ = [
     "TokenEmbedding",
@@ -32,23 +33,24 @@ __all__ = [
     "analogy",
 ]
 
+# Said by every range check on token ids: an id past the table means the two vocabularies differ.
+_SAME_VOCABULARY = "the tokenizer and the embedding table must agree on the vocabulary size"
+
 
 class TokenEmbedding(nn.Module):
     """A table of one trainable vector per token: `.weight` `(V, C)`; forward is a row lookup."""
 
     def __init__(self, vocab_size: int, n_embd: int):
         super().__init__()
-        _check_integer(vocab_size, "vocab_size", minimum=1)
-        _check_integer(n_embd, "n_embd", minimum=1)
-        self.vocab_size = int(vocab_size)
-        self.n_embd = int(n_embd)
+        self.vocab_size = check_int("vocab_size", vocab_size, 1)
+        self.n_embd = check_int("n_embd", n_embd, 1, hint="the length C of each token's vector")
         # Normal(0, 0.02) as in GPT-2: small random rows, so tokens start out unrelated
         # (random directions in high dimension are nearly orthogonal) and no row dominates.
         self.weight = nn.Parameter(torch.randn(self.vocab_size, self.n_embd) * 0.02)
 
     def forward(self, ids: Tensor) -> Tensor:
         """Token vectors: ids `(B, T)` (or any shape of integers) -> `(B, T, C)`, row ids[b, t] of the table."""
-        _check_ids(ids, self.vocab_size)
+        check_id_range("ids", ids, self.vocab_size, hint=_SAME_VOCABULARY)
         return F.embedding(ids, self.weight)
 
     def extra_repr(self) -> str:
@@ -61,10 +63,8 @@ def one_hot_embed(ids: Tensor, weight: Tensor) -> Tensor:
     Gives the same values and gradients as `weight[ids]`, at the cost of V multiply-adds per number
     instead of a copy: this is why real models look rows up instead.
     """
-    if not isinstance(weight, Tensor) or weight.dim() != 2:
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(f"weight must be a (V, C) matrix, got {shape}")
-    _check_ids(ids, weight.shape[0])
+    check_shape("weight", weight, ("V", "C"), hint="one row of C numbers per token")
+    check_id_range("ids", ids, weight.shape[0], hint=_SAME_VOCABULARY)
     return F.one_hot(ids.long(), weight.shape[0]).to(weight.dtype) @ weight
 
 
@@ -77,8 +77,9 @@ def cosine_similarity(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
     `(Q, 1, C)` against `(V, C)` gives all `(Q, V)` pairs. A zero vector has similarity 0 to
     everything (eps keeps the division finite) instead of nan.
     """
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"a {tuple(a.shape)} and b {tuple(b.shape)} must have the same last dimension C")
+    check_shape("a", a, (..., "C"))
+    check_shape("b", b, (..., a.shape[-1]), hint=f"the same last dimension C as a {tuple(a.shape)}")
+    check_real("eps", eps, above=0, hint="a small length, such as 1e-8, that keeps the division finite")
     return (_unit(a, eps) * _unit(b, eps)).sum(dim=-1)
 
 
@@ -102,13 +103,11 @@ def nearest_neighbours(
     first. `exclude` removes ids from the candidates, typically the query's own id: an id or list
     of ids `(n,)` applies to every query, a `(Q, n)` tensor gives each query its own ids.
     """
-    _check_integer(k, "k", minimum=1)
-    if table.dim() != 2 or query.dim() not in (1, 2) or query.shape[-1] != table.shape[1]:
-        raise ValueError(f"need query (C,) or (Q, C) and table (V, C) with the same C, got query "
-                         f"{tuple(query.shape)} and table {tuple(table.shape)}")
+    check_shape("table", table, ("V", "C"), hint="one row of C numbers per token")
+    _check_query(query, table)
     vocab_size = table.shape[0]
-    if k > vocab_size:
-        raise ValueError(f"k={k} is larger than the table's V={vocab_size} rows; ask for k <= {vocab_size}")
+    check_int("k", k, 1, below=vocab_size + 1, hint=f"the table has V={vocab_size} rows to choose from")
+    check_real("eps", eps, above=0, hint="a small length, such as 1e-8, that keeps the division finite")
     queries = query.unsqueeze(0) if query.dim() == 1 else query  # (Q, C)
     # Normalise once and take every query-row cosine with one matrix product: (Q, C) @ (C, V).
     similarity = _unit(queries, eps) @ _unit(table, eps).T  # (Q, V)
@@ -116,7 +115,7 @@ def nearest_neighbours(
         excluded = _exclusion_mask(exclude, queries.shape[0], vocab_size, similarity.device)
         candidates_left = vocab_size - int(excluded.sum(dim=1).max())
         if k > candidates_left:
-            raise ValueError(f"k={k} but only {candidates_left} of V={vocab_size} ids are left after "
+            raise ArgumentError(f"k={k} but only {candidates_left} of V={vocab_size} ids are left after "
                              f"the exclusions; ask for fewer neighbours")
         similarity = similarity.masked_fill(excluded, float("-inf"))
     values, indices = similarity.topk(k, dim=-1)
@@ -141,7 +140,7 @@ def analogy(
     """
     columns = [torch.as_tensor(i, device=table.device) for i in (a, b, c)]
     ids = torch.stack(torch.broadcast_tensors(*columns), dim=-1)  # (3,) or (N, 3): a, b, c side by side
-    _check_ids(ids, table.shape[0])
+    check_id_range("a, b, c", ids, table.shape[0], hint=_SAME_VOCABULARY)
     a_ids, b_ids, c_ids = ids.unbind(dim=-1)
     target = table[b_ids] - table[a_ids] + table[c_ids]  # (C,) or (N, C)
     return nearest_neighbours(target, table, k, exclude=ids)
@@ -166,28 +165,16 @@ def _exclusion_mask(exclude: int | Sequence[int] | Tensor, n_queries: int, vocab
     elif ids.dim() <= 1:
         per_query = ids.reshape(1, -1).expand(n_queries, -1)  # the same ids for every query
     else:
-        raise ValueError(f"exclude must be an id, a list of ids (n,) or a tensor (Q={n_queries}, n), "
-                         f"got shape {tuple(ids.shape)}")
-    _check_ids(per_query, vocab_size)
+        raise ArgumentError(f"exclude must be an id, a list of ids (n,) or a tensor (Q={n_queries}, n), "
+                            f"got shape {tuple(ids.shape)}")
+    check_id_range("exclude", per_query, vocab_size, hint=_SAME_VOCABULARY)
     mask = torch.zeros(n_queries, vocab_size, dtype=torch.bool, device=device)
     return mask.scatter_(1, per_query.long(), True)
 
 
-def _check_ids(ids: Tensor, vocab_size: int) -> None:
-    """Raise a clear error unless ids is an integer tensor with every id in [0, vocab_size)."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"ids must be a tensor of token ids, got {type(ids).__name__}; wrap it with torch.tensor(...)")
-    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
-        raise TypeError(f"ids must be integer token ids, got dtype {ids.dtype}; convert with ids.long()")
-    # Reading the range check's answer back from a GPU waits for it (a sync); compiled graphs skip it.
-    if torch.compiler.is_compiling():
-        return
-    bad = (ids < 0) | (ids >= vocab_size)
-    if bad.any():
-        raise ValueError(f"token id {int(ids[bad][0])} is outside [0, V={vocab_size}); the tokenizer and "
-                         f"the embedding table must agree on the vocabulary size")
-
-
-def _check_integer(value: int, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _check_query(query: Tensor, table: Tensor) -> None:
+    """Raise a clear error unless `query` is one vector `(C,)` or a batch `(Q, C)` of the table's C."""
+    check_shape("query", query, (..., table.shape[1]), hint=f"vectors of the table's C={table.shape[1]}")
+    if query.dim() > 2:
+        raise ArgumentError(f"query must be one vector (C,) or a batch (Q, C), got shape {tuple(query.shape)}; "
+                            "flatten the leading dimensions with query.reshape(-1, C)")

@@ -33,6 +33,8 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from llmcourse.checks import ArgumentError, check_int
+
 __all__ = [
     "DelegationError",
     "assert_close",
@@ -318,10 +320,10 @@ def seeded_randn(
     `seeded_randn((2, 3), seed=0)` are the same. Returns a CPU tensor of `shape`.
     """
     shape = _check_shape(shape, "seeded_randn")
-    _check_seed(seed, "seeded_randn")
+    check_int("seeded_randn: seed", seed, hint="any integer; the same seed gives the same numbers")
     if not (dtype.is_floating_point or dtype.is_complex):
-        raise ValueError(f"seeded_randn: dtype={dtype} is not a floating-point dtype; for integers "
-                         "use seeded_randint")
+        raise ArgumentError(f"seeded_randn: dtype={dtype} is not a floating-point dtype; for integers "
+                            "use seeded_randint")
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator, dtype=dtype) * scale
 
@@ -330,25 +332,20 @@ def seeded_randint(low: int, high: int, shape: tuple[int, ...] | int, seed: int)
     """Integers drawn uniformly from [low, high) (high excluded), a LongTensor of `shape`,
     reproducible and independent of the global random state like `seeded_randn`."""
     shape = _check_shape((shape,) if isinstance(shape, int) else tuple(shape), "seeded_randint")
-    _check_seed(seed, "seeded_randint")
-    if not low < high:
-        raise ValueError(f"seeded_randint: low={low} must be smaller than high={high} (high is "
-                         "excluded, so [0, V) is low=0, high=V)")
+    check_int("seeded_randint: seed", seed, hint="any integer; the same seed gives the same numbers")
+    check_int("seeded_randint: low", low)
+    check_int("seeded_randint: high", high, low + 1, hint=f"above low={low}: high is excluded, so [0, V) "
+              "is low=0, high=V")
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(low, high, shape, generator=generator, dtype=torch.int64)
 
 
 def _check_shape(shape: tuple, caller: str) -> tuple[int, ...]:
+    """The sizes of `shape`, written as sizes (4, 7) or as one tuple of them ((4, 7),)."""
     if len(shape) == 1 and isinstance(shape[0], (tuple, list, torch.Size)):
         shape = tuple(shape[0])
-    if not all(type(size) is int and size >= 0 for size in shape):  # bool is an int: refuse it
-        raise ValueError(f"{caller}: shape {shape} must be sizes >= 0, like (4, 7)")
-    return tuple(shape)
-
-
-def _check_seed(seed: object, caller: str) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"{caller}: seed must be an int, got {seed!r}")
+    return tuple(check_int(f"{caller}: shape[{index}]", size, 0, hint="sizes like (4, 7)")
+                 for index, size in enumerate(shape))
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ import math
 import torch
 from torch import Tensor
 
+from llmcourse.checks import (
+    ArgumentError, check_choice, check_id_range, check_int, check_integer_tensor, check_shape)
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -23,13 +26,7 @@ def log_softmax(logits: Tensor, dim: int = -1) -> Tensor:
     Shape: same as `logits`, e.g. `(B, T, V)` -> `(B, T, V)`. Finite for logits as large as +-1e4
     (and for -inf entries, as long as one entry along `dim` is finite).
     """
-    if not isinstance(logits, Tensor) or not logits.is_floating_point():
-        got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
-        raise TypeError(f"logits must be a floating-point tensor, got {got}; "
-                        "convert with torch.as_tensor(logits).float()")
-    if logits.dim() > 0 and logits.shape[dim] == 0:
-        raise ValueError(f"logits has size 0 along dim={dim} (shape {tuple(logits.shape)}): "
-                         "there are no classes to normalise over")
+    _check_logits(logits, dim)
     # softmax is unchanged when every logit moves by the same constant, so shift by the max:
     # then every exponent is <= 0 and exp cannot overflow (exp(1e4) would be inf), while the
     # largest term is exp(0) = 1, so the sum is >= 1 and its log cannot be -inf.
@@ -58,8 +55,15 @@ def cross_entropy(
     torch), "sum" adds them, "none" returns one loss per position (shape of `targets`, 0 where
     ignored).
     """
-    _check_cross_entropy_inputs(logits, targets, ignore_index, reduction)
+    check_choice("reduction", reduction, REDUCTIONS)
+    check_int("ignore_index", ignore_index)
+    check_integer_tensor("targets", targets, hint="the class id of the token that came next")
+    check_shape("logits", logits, (*targets.shape, "V"), hint="the shape of targets plus a last dimension of "
+                "V class scores, e.g. logits (B, T, V) with targets (B, T)")
     targets = targets.long()  # narrower integer types would wrap -100 around when compared
+    check_id_range("targets", targets.masked_fill(targets == ignore_index, 0), logits.shape[-1],
+                   hint="a target is a class id below V, or ignore_index to skip its position; check the "
+                   "vocabulary size or the targets")
     keep = targets != ignore_index
     # Ignored positions may hold any id (-100 is not a valid index), so point them at class 0
     # for the lookup and zero their loss afterwards.
@@ -76,27 +80,15 @@ def cross_entropy(
     return losses.sum() / keep.sum()  # 0 / 0 = nan when every position is ignored
 
 
-def _check_cross_entropy_inputs(logits: Tensor, targets: Tensor, ignore_index: int, reduction: str) -> None:
-    """Raise a clear error for inputs `cross_entropy` cannot score (before any arithmetic)."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(logits, Tensor) or not isinstance(targets, Tensor):
-        raise TypeError(f"logits and targets must be tensors, got {type(logits).__name__} "
-                        f"and {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"targets must hold integer class ids (torch.long), got dtype {targets.dtype}; "
-                        "convert with targets.long()")
-    if logits.dim() == 0 or tuple(logits.shape[:-1]) != tuple(targets.shape):
-        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} plus "
-                         "one last dimension of V class scores, e.g. logits (B, T, V) with targets (B, T)")
-    vocab_size = logits.shape[-1]
-    targets = targets.long()
-    out_of_range = (targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))
-    if out_of_range.any():
-        position = tuple(int(i) for i in out_of_range.nonzero()[0])
-        raise ValueError(f"target id {int(targets[position])} at position {position} is outside "
-                         f"[0, {vocab_size}) for logits with V={vocab_size} classes (and is not "
-                         f"ignore_index={ignore_index}); check the vocabulary size or the targets")
+def _check_logits(logits: Tensor, dim: int) -> None:
+    """Raise unless `logits` is a floating-point tensor with at least one class along `dim`."""
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        got = f"dtype {logits.dtype}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise ArgumentError(f"logits must be a floating-point tensor, got {got}; "
+                            "convert with torch.as_tensor(logits).float()")
+    if logits.dim() > 0 and logits.shape[dim] == 0:
+        raise ArgumentError(f"logits has size 0 along dim={dim} (shape {tuple(logits.shape)}): "
+                            "there are no classes to normalise over")
 
 
 def perplexity(mean_nll: float | Tensor) -> float | Tensor:

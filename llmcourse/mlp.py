@@ -18,7 +18,10 @@ import math
 import torch
 from torch import Tensor, nn
 
+from llmcourse.checks import check_choice, check_int, check_real, check_shape
+
 MLP_KINDS = ("relu", "gelu", "swiglu")
+DROPOUT_HINT = "the probability of zeroing a unit while training"
 
 
 # ---------------------------------------------------------------- non-linearities
@@ -41,9 +44,8 @@ def swiglu(x_gate: Tensor, x_up: Tensor) -> Tensor:
     One projection decides how much of each hidden unit passes (the gate), the other supplies
     the value (up). Shazeer (2020) found this beats ReLU and GELU at equal parameter count.
     """
-    if x_gate.shape != x_up.shape:
-        raise ValueError(f"x_gate {tuple(x_gate.shape)} and x_up {tuple(x_up.shape)} must have the "
-                         "same shape: both are projections of the same tokens to the hidden size")
+    check_shape("x_up", x_up, tuple(x_gate.shape), hint="the shape of x_gate: both are projections of the "
+                "same tokens to the hidden size")
     return x_gate * torch.sigmoid(x_gate) * x_up
 
 
@@ -64,10 +66,10 @@ class MLP(nn.Module):
     def __init__(self, n_embd: int, hidden: int, activation: str = "gelu", bias: bool = False,
                  dropout: float = 0.0) -> None:
         super().__init__()
-        _check_sizes(n_embd=n_embd, hidden=hidden, dropout=dropout)
-        if activation not in ACTIVATIONS:
-            hint = " (a gated MLP: use SwiGLU or make_mlp('swiglu', ...))" if activation == "swiglu" else ""
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}{hint}")
+        check_int("n_embd", n_embd, 1)
+        check_int("hidden", hidden, 1, hint="usually 4 * n_embd")
+        check_choice("activation", activation, ACTIVATIONS, hint="for the gated swiglu, use SwiGLU or make_mlp")
+        check_real("dropout", dropout, minimum=0, below=1, hint=DROPOUT_HINT)
         self.activation = activation
         self.fc_in = nn.Linear(n_embd, hidden, bias=bias)
         self.fc_out = nn.Linear(hidden, n_embd, bias=bias)
@@ -91,7 +93,9 @@ class SwiGLU(nn.Module):
 
     def __init__(self, n_embd: int, hidden: int, bias: bool = False, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_sizes(n_embd=n_embd, hidden=hidden, dropout=dropout)
+        check_int("n_embd", n_embd, 1)
+        check_int("hidden", hidden, 1, hint="see default_hidden")
+        check_real("dropout", dropout, minimum=0, below=1, hint=DROPOUT_HINT)
         self.gate_proj = nn.Linear(n_embd, hidden, bias=bias)
         self.up_proj = nn.Linear(n_embd, hidden, bias=bias)
         self.down_proj = nn.Linear(hidden, n_embd, bias=bias)
@@ -103,7 +107,7 @@ class SwiGLU(nn.Module):
 
 def make_mlp(kind: str, n_embd: int, hidden: int, bias: bool = False, dropout: float = 0.0) -> nn.Module:
     """Build the feed-forward network named `kind`: "relu" or "gelu" (an `MLP`) or "swiglu"."""
-    _check_kind(kind)
+    check_choice("kind", kind, MLP_KINDS)
     if kind == "swiglu":
         return SwiGLU(n_embd, hidden, bias=bias, dropout=dropout)
     return MLP(n_embd, hidden, activation=kind, bias=bias, dropout=dropout)
@@ -118,8 +122,9 @@ def default_hidden(kind: str, n_embd: int, multiple_of: int = 64) -> int:
       shapes friendly to GPU tiles. C=768 gives exactly 2048. Llama uses multiple_of=256, which for
       C=4096 gives its 11008.
     """
-    _check_kind(kind)
-    _check_sizes(n_embd=n_embd, multiple_of=multiple_of)
+    check_choice("kind", kind, MLP_KINDS)
+    check_int("n_embd", n_embd, 1)
+    check_int("multiple_of", multiple_of, 1, hint="64 by default, 256 in Llama")
     if kind != "swiglu":
         return 4 * n_embd
     two_thirds_of_4c = -(-8 * n_embd // 3)  # ceil(8C/3) in integers: no float rounding surprises
@@ -128,7 +133,7 @@ def default_hidden(kind: str, n_embd: int, multiple_of: int = 64) -> int:
 
 def mlp_param_count(kind: str, n_embd: int, hidden: int, bias: bool = False) -> int:
     """Closed-form number of parameters of `make_mlp(kind, n_embd, hidden, bias)`."""
-    _check_kind(kind)
+    check_choice("kind", kind, MLP_KINDS)
     n_in_projections = 2 if kind == "swiglu" else 1  # gate and up, or fc_in
     weights = (n_in_projections + 1) * n_embd * hidden
     biases = n_in_projections * hidden + n_embd if bias else 0
@@ -153,12 +158,9 @@ def top_k_route(router_logits: Tensor, k: int, renormalize: bool = True) -> tupl
     Shapes: router_logits `(N, E)` -> weights `(N, k)` (dtype of the logits), experts `(N, k)`
     (long, best first).
     """
-    if router_logits.dim() != 2:
-        raise ValueError(f"router_logits must be (N, E), one row of E expert scores per token, "
-                         f"got shape {tuple(router_logits.shape)}; flatten (B, T, E) with .reshape(-1, E)")
-    n_experts = router_logits.shape[-1]
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_experts:
-        raise ValueError(f"k must be an int in [1, n_experts={n_experts}], got {k!r}")
+    check_shape("router_logits", router_logits, ("N", "E"), hint="one row of E expert scores per token; "
+                "flatten (B, T, E) with .reshape(-1, E)")
+    check_int("k", k, 1, below=router_logits.shape[-1] + 1, hint="a token picks k of the E experts")
     top_logits, experts = router_logits.topk(k, dim=-1)
     if renormalize:
         weights = torch.softmax(_at_least_float32(top_logits), dim=-1)
@@ -182,12 +184,10 @@ def load_balancing_loss(router_logits: Tensor, experts: Tensor, n_experts: int) 
     Shapes: router_logits `(N, E)`, experts `(N, k)` long -> a scalar (float32; float64 for
     float64 logits).
     """
-    if router_logits.dim() != 2 or router_logits.shape[-1] != n_experts:
-        raise ValueError(f"router_logits must be (N, n_experts={n_experts}), "
-                         f"got {tuple(router_logits.shape)}")
-    if experts.dim() != 2 or experts.shape[0] != router_logits.shape[0]:
-        raise ValueError(f"experts must be (N, k) with N={router_logits.shape[0]} rows like router_logits, "
-                         f"got {tuple(experts.shape)}")
+    check_int("n_experts", n_experts, 1)
+    check_shape("router_logits", router_logits, ("N", n_experts), hint="one row of expert scores per token")
+    check_shape("experts", experts, (router_logits.shape[0], "k"), hint="the experts top_k_route chose, "
+                "one row per row of router_logits")
     mean_probability = torch.softmax(_at_least_float32(router_logits), dim=-1).mean(0)  # P: (E,)
     slots_per_expert = torch.bincount(experts.flatten(), minlength=n_experts)
     fraction_routed = slots_per_expert.to(mean_probability.dtype) / experts.numel()  # f: (E,)
@@ -211,10 +211,12 @@ class MoE(nn.Module):
     def __init__(self, n_embd: int, hidden: int, n_experts: int, top_k: int = 2, kind: str = "swiglu",
                  bias: bool = False, dropout: float = 0.0, renormalize: bool = True) -> None:
         super().__init__()
-        _check_sizes(n_embd=n_embd, hidden=hidden, n_experts=n_experts, dropout=dropout)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n_experts:
-            raise ValueError(f"top_k must be an int in [1, n_experts={n_experts}] (a token cannot use more "
-                             f"experts than exist), got {top_k!r}")
+        check_int("n_embd", n_embd, 1)
+        check_int("hidden", hidden, 1, hint="each expert's hidden width")
+        check_int("n_experts", n_experts, 1)
+        check_int("top_k", top_k, 1, below=n_experts + 1, hint="a token cannot use more experts than exist")
+        check_choice("kind", kind, MLP_KINDS)
+        check_real("dropout", dropout, minimum=0, below=1, hint=DROPOUT_HINT)
         self.n_experts = n_experts
         self.top_k = top_k
         self.renormalize = renormalize
@@ -273,15 +275,3 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-
-def _check_kind(kind: str) -> None:
-    if kind not in MLP_KINDS:
-        raise ValueError(f"unknown MLP kind {kind!r}; choose one of {list(MLP_KINDS)}")
-
-
-def _check_sizes(dropout: float | None = None, **sizes: int) -> None:
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if dropout is not None and not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1) (the probability of zeroing a unit), got {dropout!r}")

@@ -19,6 +19,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from llmcourse.checks import check_choice, check_int, check_real, check_shape
+
+# Said when an input's last dimension is not the one a norm was built for.
+_SAME_WIDTH = "build the norm with dim equal to the input's last dimension, the number of channels C"
+
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
     """float32 for half-precision inputs (bf16, fp16); float64 stays float64."""
@@ -73,14 +78,13 @@ class LayerNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
-        _check_dim_and_eps(dim, eps)
-        self.dim = dim
-        self.eps = eps
+        self.dim = check_int("dim", dim, 1, hint="the number of channels C")
+        self.eps = check_real("eps", eps, minimum=0, hint="a small constant such as 1e-5 or 1e-6")
         self.weight = nn.Parameter(torch.ones(dim))  # start as the identity: gain 1, shift 0
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_last_dim(x, self.dim, type(self).__name__)
+        check_shape("x", x, (..., self.dim), hint=_SAME_WIDTH)
         return layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
@@ -95,13 +99,12 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
-        _check_dim_and_eps(dim, eps)
-        self.dim = dim
-        self.eps = eps
+        self.dim = check_int("dim", dim, 1, hint="the number of channels C")
+        self.eps = check_real("eps", eps, minimum=0, hint="a small constant such as 1e-5 or 1e-6")
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_last_dim(x, self.dim, type(self).__name__)
+        check_shape("x", x, (..., self.dim), hint=_SAME_WIDTH)
         return rms_norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
@@ -116,20 +119,6 @@ def make_norm(kind: str, dim: int, eps: float | None = None) -> nn.Module:
 
     `eps=None` keeps each class's default (1e-5 for LayerNorm as GPT-2, 1e-6 for RMSNorm as Llama).
     """
-    if kind not in NORMS:
-        raise ValueError(f"unknown norm kind {kind!r}; choose one of {sorted(NORMS)}")
+    check_choice("kind", kind, NORMS)
     return NORMS[kind](dim) if eps is None else NORMS[kind](dim, eps=eps)
 
-
-def _check_dim_and_eps(dim: int, eps: float) -> None:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be a positive int (the number of channels C), got {dim!r}")
-    if not eps >= 0:  # also rejects nan
-        raise ValueError(f"eps must be >= 0 (a small constant such as 1e-5), got {eps!r}")
-
-
-def _check_last_dim(x: Tensor, dim: int, name: str) -> None:
-    if x.dim() == 0 or x.shape[-1] != dim:
-        raise ValueError(f"{name}({dim}) normalises a last dimension of size {dim}, but the input "
-                         f"has shape {tuple(x.shape)}; pass (..., {dim}) inputs or build the norm "
-                         "with dim equal to the input's last dimension")

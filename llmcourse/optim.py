@@ -19,19 +19,20 @@ Around the optimizer, training uses three more pieces, all here:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from llmcourse.checks import ArgumentError, check_choice, check_int, check_real
 from llmcourse.embedding import TokenEmbedding
 from llmcourse.position import LearnedPositions
 
 # Modules whose weight is a lookup table (one row per token or position), exempt from decay.
 EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, TokenEmbedding, LearnedPositions)
 OPTIMIZER_IMPLS = ("torch", "llmcourse")
+WEIGHT_DECAY_HINT = "0.1 is typical for GPT pretraining, 0.0 turns decay off"
 
 
 # ---------------------------------------------------------------------------------- AdamW
@@ -65,9 +66,12 @@ class AdamW(torch.optim.Optimizer):
         amsgrad: bool = False,
     ) -> None:
         if amsgrad:
-            raise ValueError("amsgrad=True is not implemented by llmcourse.optim.AdamW; "
+            raise ArgumentError("amsgrad=True is not implemented by llmcourse.optim.AdamW; "
                              "use torch.optim.AdamW(..., amsgrad=True) for it")
-        _check_hyperparameters(lr, betas, eps, weight_decay)
+        check_real("lr", lr, minimum=0, hint="e.g. 3e-4")
+        _check_betas(betas)
+        check_real("eps", eps, minimum=0, hint="e.g. 1e-8")
+        check_real("weight_decay", weight_decay, minimum=0, hint=WEIGHT_DECAY_HINT)
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()  # the update itself is not part of any graph
@@ -116,25 +120,12 @@ class AdamW(torch.optim.Optimizer):
         param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)  # p -= lr * m̂ / denom
 
 
-def _check_hyperparameters(lr: float, betas: tuple[float, float], eps: float, weight_decay: float) -> None:
-    if not _is_real(lr) or not 0.0 <= lr < math.inf:
-        raise ValueError(f"lr={lr!r} must be a finite number >= 0 (e.g. 3e-4)")
-    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-            or not all(_is_real(b) and 0.0 <= b < 1.0 for b in betas)):
-        raise ValueError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.95)")
-    if not _is_real(eps) or not 0.0 <= eps < math.inf:
-        raise ValueError(f"eps={eps!r} must be a finite number >= 0 (e.g. 1e-8)")
-    _check_weight_decay(weight_decay)
-
-
-def _check_weight_decay(weight_decay: float) -> None:
-    if not _is_real(weight_decay) or not 0.0 <= weight_decay < math.inf:
-        raise ValueError(f"weight_decay={weight_decay!r} must be a finite number >= 0 "
-                         "(0.1 is typical for GPT pretraining, 0.0 turns decay off)")
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+def _check_betas(betas: tuple[float, float]) -> None:
+    """Raise a clear error unless `betas` is a pair of decay rates in [0, 1)."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ArgumentError(f"betas={betas!r} must be two numbers in [0, 1), e.g. (0.9, 0.95)")
+    for index, beta in enumerate(betas):
+        check_real(f"betas[{index}]", beta, minimum=0, below=1, hint="e.g. betas=(0.9, 0.95)")
 
 
 # ---------------------------------------------------------------------------------- what decays
@@ -160,7 +151,7 @@ def param_groups(
     tied tensor too) in `named_parameters()` order. Frozen parameters (requires_grad=False) are
     left out, since they never change.
     """
-    _check_weight_decay(weight_decay)
+    check_real("weight_decay", weight_decay, minimum=0, hint=WEIGHT_DECAY_HINT)
     embedding_ids = {id(param) for module in model.modules() if isinstance(module, embedding_types)
                      for param in module.parameters(recurse=False)}
     decay, no_decay = [], []
@@ -188,15 +179,14 @@ def make_optimizer(
     (None: fused exactly when every parameter is on a CUDA device). impl="llmcourse" builds this
     module's `AdamW` (same numbers, one parameter at a time: the version to read, not the fast one).
     """
-    if impl not in OPTIMIZER_IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {OPTIMIZER_IMPLS}")
+    check_choice("impl", impl, OPTIMIZER_IMPLS)
     groups = param_groups(model, weight_decay)
     if not groups:
-        raise ValueError(f"{type(model).__name__} has no trainable parameters to optimize "
-                         "(all have requires_grad=False)")
+        raise ArgumentError(f"{type(model).__name__} has no trainable parameters to optimize "
+                            "(all have requires_grad=False)")
     if impl == "llmcourse":
         if fused:
-            raise ValueError("fused=True needs impl='torch'; llmcourse's AdamW has no fused kernel")
+            raise ArgumentError("fused=True needs impl='torch'; llmcourse's AdamW has no fused kernel")
         return AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     if fused is None:
         fused = all(param.is_cuda for group in groups for param in group["params"])
@@ -221,17 +211,12 @@ def lr_at(step: int, *, max_lr: float, warmup_steps: int, max_steps: int, min_lr
     steps (Goyal et al. 2017; GPT-3 warms up, then decays with a cosine to 10% of max_lr).
     warmup_steps=0 starts at max_lr. Steps past max_steps stay at min_lr.
     """
-    for name, value in [("step", step), ("warmup_steps", warmup_steps), ("max_steps", max_steps)]:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    if warmup_steps > max_steps:
-        raise ValueError(f"warmup_steps={warmup_steps} must be at most max_steps={max_steps} "
-                         f"(warmup is the first part of training; try warmup_steps={max_steps // 10})")
-    for name, value in [("max_lr", max_lr), ("min_lr", min_lr)]:
-        if not _is_real(value) or not 0.0 <= value < math.inf:
-            raise ValueError(f"{name}={value!r} must be a finite number >= 0")
-    if min_lr > max_lr:
-        raise ValueError(f"min_lr={min_lr} must be at most max_lr={max_lr} (min_lr = max_lr / 10 is common)")
+    check_int("step", step, 0)
+    check_int("max_steps", max_steps, 0)
+    check_int("warmup_steps", warmup_steps, 0, below=max_steps + 1, hint=f"at most max_steps={max_steps}: "
+              f"warmup is the first part of training; try warmup_steps={max_steps // 10}")
+    check_real("max_lr", max_lr, minimum=0)
+    check_real("min_lr", min_lr, minimum=0, maximum=max_lr, hint="min_lr = max_lr / 10 is common")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= max_steps:  # also covers max_steps == warmup_steps, where the cosine has no length
@@ -260,8 +245,7 @@ def clip_grad_norm(parameters: Tensor | Iterable[Tensor], max_norm: float) -> Te
     such a step; the caller should see the non-finite norm and skip the step (or stop training).
     The check runs on the device, with no CPU-GPU synchronisation.
     """
-    if not _is_real(max_norm) or not 0.0 < max_norm < math.inf:
-        raise ValueError(f"max_norm={max_norm!r} must be a finite number > 0 (1.0 is the usual choice)")
+    check_real("max_norm", max_norm, above=0, hint="1.0 is the usual choice")
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     grads = [param.grad for param in parameters if param.grad is not None]

@@ -29,12 +29,12 @@ range of angles seen in training.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from llmcourse.checks import (
+    ArgumentError, check_id_range, check_int, check_integer_tensor, check_real, check_shape)
 
 __all__ = [
     "sinusoidal_encoding",
@@ -46,6 +46,10 @@ __all__ = [
     "apply_rope",
     "RotaryEmbedding",
 ]
+
+# Said when a position is past the table: the model has one row per position below block_size.
+CROP_ADVICE = ("the model has block_size positions: crop the input to its last block_size tokens or "
+               "build a larger model")
 
 
 # ------------------------------------------------------------------ absolute positions (added)
@@ -61,9 +65,9 @@ def sinusoidal_encoding(n_positions: int, n_embd: int, base: float = 10000.0) ->
     0 is [0, 1, 0, 1, ...]. The wavelengths grow geometrically from 2*pi to base * 2*pi: the fast
     pairs tell neighbouring positions apart, the slow ones far-away positions.
     """
-    _check_integer(n_positions, "n_positions", minimum=0)
-    _check_even_dim(n_embd, "n_embd")
-    _check_positive(base, "base")
+    check_int("n_positions", n_positions, 0)
+    _check_even("n_embd", n_embd)
+    check_real("base", base, above=0, hint="the longest wavelength over 2*pi, 10000 in Vaswani et al.")
     # float64 for the angles: pos * frequency loses ~3 digits in float32 at pos ~ 1e4.
     frequencies = base ** (-torch.arange(0, n_embd, 2, dtype=torch.float64) / n_embd)  # (C/2,)
     angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * frequencies  # (T, C/2)
@@ -81,14 +85,13 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, block_size: int, n_embd: int, base: float = 10000.0):
         super().__init__()
-        _check_integer(block_size, "block_size", minimum=1)
-        self.block_size = int(block_size)
-        self.n_embd = int(n_embd)
+        self.block_size = check_int("block_size", block_size, 1, hint="the number of positions the model sees")
+        self.n_embd = _check_even("n_embd", n_embd)
         self.register_buffer("encoding", sinusoidal_encoding(block_size, n_embd, base), persistent=False)
 
     def forward(self, positions: Tensor) -> Tensor:
         """Position vectors: positions `(T,)` or `(B, T)` (integers) -> `(T, C)` or `(B, T, C)`."""
-        _check_positions(positions, self.block_size, "block_size")
+        check_id_range("positions", positions, self.block_size, hint=CROP_ADVICE)
         return F.embedding(positions, self.encoding)
 
     def extra_repr(self) -> str:
@@ -104,16 +107,14 @@ class LearnedPositions(nn.Module):
 
     def __init__(self, block_size: int, n_embd: int):
         super().__init__()
-        _check_integer(block_size, "block_size", minimum=1)
-        _check_integer(n_embd, "n_embd", minimum=1)
-        self.block_size = int(block_size)
-        self.n_embd = int(n_embd)
+        self.block_size = check_int("block_size", block_size, 1, hint="the number of positions the model sees")
+        self.n_embd = check_int("n_embd", n_embd, 1)
         # Normal(0, 0.02), GPT-2's initialisation for both embedding tables.
         self.weight = nn.Parameter(torch.randn(self.block_size, self.n_embd) * 0.02)
 
     def forward(self, positions: Tensor) -> Tensor:
         """Position vectors: positions `(T,)` or `(B, T)` (integers) -> `(T, C)` or `(B, T, C)`."""
-        _check_positions(positions, self.block_size, "block_size")
+        check_id_range("positions", positions, self.block_size, hint=CROP_ADVICE)
         return F.embedding(positions, self.weight)
 
     def extra_repr(self) -> str:
@@ -131,9 +132,9 @@ def rope_frequencies(head_dim: int, base: float = 10000.0, scale: float = 1.0) -
     Pair 0 turns by one radian per position, the last pair about 1/base as fast. Dividing by
     `scale` is the same as dividing every position by it (linear position interpolation).
     """
-    _check_even_dim(head_dim, "head_dim")
-    _check_positive(base, "base")
-    _check_positive(scale, "scale")
+    _check_even("head_dim", head_dim)
+    check_real("base", base, above=0, hint="10000 in RoFormer and Llama 2, 500000 in Llama 3")
+    check_real("scale", scale, above=0, hint="1.0 for none; 4.0 stretches 2k training positions over 8k")
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim  # 2i / D
     return (base**-exponents / scale).float()
 
@@ -153,7 +154,7 @@ def rope_cos_sin(
     Computed in float32 on `device` (default: the positions' device), then cast to `dtype`
     (default float32): bf16 angles would be off by whole radians at position ~1000.
     """
-    _check_integer_tensor(positions, "positions")
+    check_integer_tensor("positions", positions, hint="e.g. torch.arange(T)")
     device = positions.device if device is None else torch.device(device)
     frequencies = rope_frequencies(head_dim, base, scale).to(device)
     angles = positions.to(device=device, dtype=torch.float32)[..., None] * frequencies  # (T, D/2)
@@ -178,7 +179,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     are cast to x's dtype so a bf16 x gives a bf16 result.
     """
     if x.shape[-1] % 2 or cos.shape[-1] != x.shape[-1] or sin.shape != cos.shape:
-        raise ValueError(f"apply_rope needs x (..., T, D) with D even and cos, sin (T, D) of the same D; "
+        raise ArgumentError(f"apply_rope needs x (..., T, D) with D even and cos, sin (T, D) of the same D; "
                          f"got x {tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
@@ -194,11 +195,10 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0, scale: float = 1.0):
         super().__init__()
-        _check_integer(max_seq_len, "max_seq_len", minimum=1)
-        self.head_dim = int(head_dim)
-        self.max_seq_len = int(max_seq_len)
-        self.base = float(base)
-        self.scale = float(scale)
+        self.head_dim = _check_even("head_dim", head_dim)
+        self.max_seq_len = check_int("max_seq_len", max_seq_len, 1, hint="the longest sequence to rotate")
+        self.base = check_real("base", base, above=0)
+        self.scale = check_real("scale", scale, above=0)
         cos, sin = rope_cos_sin(torch.arange(max_seq_len), head_dim, base, scale)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -209,18 +209,14 @@ class RotaryEmbedding(nn.Module):
         With a KV cache, `start_pos` is the number of tokens already cached, so a new token gets
         the same rotation it would have had in a full forward pass.
         """
-        seq_len = q.shape[-2]
-        if k.shape[-2] != seq_len:
-            raise ValueError(f"q and k must hold the same T new tokens, got q {tuple(q.shape)} and k "
-                             f"{tuple(k.shape)}; rotate keys before appending them to the cache")
-        if q.shape[-1] != self.head_dim or k.shape[-1] != self.head_dim:
-            raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must end in head_dim="
-                             f"{self.head_dim}, the size this RotaryEmbedding was built for")
-        _check_integer(start_pos, "start_pos", minimum=0)
-        end = start_pos + seq_len
+        check_shape("q", q, (..., "T", self.head_dim), hint="D is the head_dim this RotaryEmbedding was built for")
+        check_shape("k", k, (..., q.shape[-2], self.head_dim), hint="the same T new tokens as q: rotate keys "
+                    "before appending them to the cache")
+        check_int("start_pos", start_pos, 0, hint="the number of tokens already in the KV cache")
+        end = start_pos + q.shape[-2]
         if end > self.max_seq_len:
-            raise ValueError(f"positions {start_pos}..{end - 1} go past max_seq_len={self.max_seq_len}; "
-                             f"build RotaryEmbedding with max_seq_len >= {end} (or shorten the input)")
+            raise ArgumentError(f"positions {start_pos}..{end - 1} go past max_seq_len={self.max_seq_len}; "
+                                f"build RotaryEmbedding with max_seq_len >= {end} (or shorten the input)")
         cos, sin = self.cos[start_pos:end], self.sin[start_pos:end]  # (T, D)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
@@ -231,41 +227,10 @@ class RotaryEmbedding(nn.Module):
 # ------------------------------------------------------------------ input checks
 
 
-def _check_positions(positions: Tensor, limit: int, limit_name: str) -> None:
-    """Raise a clear error unless every position is an integer in [0, limit)."""
-    _check_integer_tensor(positions, "positions")
-    # The range check reads a value back from the device (a sync); a compiled graph skips it.
-    if torch.compiler.is_compiling():
-        return
-    bad = (positions < 0) | (positions >= limit)
-    if bad.any():
-        position = int(positions[bad][0])
-        raise ValueError(f"position {position} is outside [0, {limit_name}={limit}); the model was built for "
-                         f"{limit} positions: crop the input to the last {limit} tokens or build it "
-                         f"with a larger {limit_name}")
-
-
-def _check_integer_tensor(values: Tensor, name: str) -> None:
-    if not isinstance(values, Tensor):
-        raise TypeError(f"{name} must be a tensor of integers, got {type(values).__name__}; "
-                        f"use torch.arange(T) or torch.tensor(...)")
-    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integers, got dtype {values.dtype}; convert with .long()")
-
-
-def _check_even_dim(value: int, name: str) -> None:
-    _check_integer(value, name, minimum=2)
+def _check_even(name: str, value: int) -> int:
+    """`value`, if it is an even integer >= 2: its dimensions come in pairs."""
+    value = check_int(name, value, 2)
     if value % 2:
-        raise ValueError(f"{name} must be even (its dimensions come in sin/cos or rotation pairs), "
-                         f"got {value}; use {value - 1} or {value + 1}")
-
-
-def _check_positive(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < math.inf:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-
-
-def _check_integer(value: int, name: str, minimum: int) -> None:
-    # torch.SymInt: under torch.compile(dynamic=True) a start position can be a symbolic int.
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.SymInt)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ArgumentError(f"{name}={value} must be even (its dimensions come in sin/cos or rotation pairs); "
+                            f"use {value - 1} or {value + 1}")
+    return value

@@ -2,23 +2,25 @@
 
 A token id names a byte string:
 
-* ids ``0..255`` are the 256 single bytes, so *any* text (any byte string) can be encoded and there
+* ids `0..255` are the 256 single bytes, so *any* text (any byte string) can be encoded and there
   is never an "unknown" token;
-* ids ``256..256+M-1`` are the M learned merges, in the order training learned them: merge ``i``
-  joins the pair ``merges[i] = (a, b)`` into the new id ``256 + i``;
-* the special tokens (``<|endoftext|>``, chat roles) come last. They are never produced from
-  ordinary text: see :meth:`Tokenizer.encode`.
+* ids `256..256+M-1` are the M learned merges, in the order training learned them: merge `i`
+  joins the pair `merges[i] = (a, b)` into the new id `256 + i`;
+* the special tokens (`<|endoftext|>`, chat roles) come last. They are never produced from
+  ordinary text: see `Tokenizer.encode`.
 
 Text is first split into *pre-tokens* by a regular expression (the GPT-4 pattern by default), so a
 merge never crosses a word/number/punctuation/whitespace boundary; BPE then runs inside each piece.
+Text that the pattern does not match is a pre-token of its own, so no pattern can make encoding
+drop text.
 
 Training counts each distinct pre-token once (with its frequency), and after each merge updates
 the pair counts of only the pre-tokens that contain the merged pair (a heap with lazy deletion
 finds the next most frequent pair). Ties are broken deterministically: **highest count first,
-then the smallest pair of ids** ``(a, b)`` in lexicographic order.
+then the smallest pair of ids** `(a, b)` in lexicographic order.
 
-Note: the GPT-4 pattern needs ``\\p{L}``/``\\p{N}`` classes and possessive quantifiers, which the
-standard ``re`` module lacks; we use the third-party ``regex`` module (tiktoken depends on it too).
+Note: the GPT-4 pattern needs `\\p{L}`/`\\p{N}` classes and possessive quantifiers, which the
+standard `re` module lacks; we use the third-party `regex` module (tiktoken depends on it too).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 import regex
 from tqdm.auto import tqdm
 
+from llmcourse.checks import ArgumentError, check_int
 from llmcourse.files import atomic_write, read_versioned_json
 
 __all__ = [
@@ -61,7 +64,7 @@ GPT4_SPLIT_PATTERN = (
 
 ENDOFTEXT = "<|endoftext|>"
 # The special tokens later chapters use: a document separator for pretraining and the chat roles
-# for fine-tuning (a chat template wraps each turn as ``<|user|>...<|end|>``).
+# for fine-tuning (a chat template wraps each turn as `<|user|>...<|end|>`).
 SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 
 FILE_FORMAT = "llmcourse-bpe"
@@ -74,16 +77,16 @@ class TokenizerFileError(ValueError):
 
 
 def count_pairs(ids: Sequence[int]) -> dict[tuple[int, int], int]:
-    """How often each adjacent pair occurs in ``ids`` (overlapping: ``aaa`` has ``(a, a)`` twice).
+    """How often each adjacent pair occurs in `ids` (overlapping: `aaa` has `(a, a)` twice).
 
-    The step the simplest BPE trainer repeats after every merge; :func:`_learn_merges` keeps these
+    The step the simplest BPE trainer repeats after every merge; `_learn_merges` keeps these
     counts up to date instead of recounting.
     """
     return dict(Counter(_pairs(ids)))
 
 
 def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace every occurrence of ``pair`` in ``ids``, left to right without overlap, by ``new_id``."""
+    """Replace every occurrence of `pair` in `ids`, left to right without overlap, by `new_id`."""
     a, b = pair
     out: list[int] = []
     i, n = 0, len(ids)
@@ -98,14 +101,14 @@ def merge_pair(ids: Sequence[int], pair: tuple[int, int], new_id: int) -> list[i
 
 
 def _pairs(ids: Sequence[int]) -> list[tuple[int, int]]:
-    """The adjacent pairs of ``ids`` (overlapping: ``aaa`` has the pair ``(a, a)`` twice)."""
+    """The adjacent pairs of `ids` (overlapping: `aaa` has the pair `(a, a)` twice)."""
     return list(zip(ids, ids[1:]))
 
 
 def bpe_encode(piece: bytes, ranks: dict[tuple[int, int], int]) -> list[int]:
     """Encode one pre-token: merge the adjacent pair learned earliest until no pair is a merge.
 
-    ``ranks`` maps a pair to the id of the token it merges into; ids grow with training order, so
+    `ranks` maps a pair to the id of the token it merges into; ids grow with training order, so
     the smallest id is the merge learned first, which is the order training applied them in.
     """
     ids = list(piece)
@@ -117,6 +120,24 @@ def bpe_encode(piece: bytes, ranks: dict[tuple[int, int], int]) -> list[int]:
     return ids
 
 
+def _pretokens(compiled: regex.Pattern, text: str) -> list[str]:
+    """`text` cut into pre-tokens by the split pattern, keeping every character.
+
+    The shipped patterns match all of any text. Another pattern may skip some (a pattern `x`
+    matches only the x's): each stretch of text between two matches becomes a pre-token too, so
+    `decode(encode(text)) == text` whatever the pattern.
+    """
+    if not compiled.groups:  # findall returns whole matches only for a pattern without groups
+        pieces = compiled.findall(text)
+        if sum(map(len, pieces)) == len(text):  # matches never overlap, so they cover the text
+            return pieces
+    pieces, end = [], 0
+    for match in compiled.finditer(text):
+        pieces += [piece for piece in (text[end:match.start()], match.group()) if piece]
+        end = match.end()
+    return pieces + [text[end:]] if end < len(text) else pieces
+
+
 def _readable(token: bytes) -> str:
     """A token as a readable string: valid UTF-8 shown as text, other bytes and controls escaped."""
     text = token.decode("utf-8", errors="backslashreplace")
@@ -124,10 +145,10 @@ def _readable(token: bytes) -> str:
 
 
 class Tokenizer:
-    """A byte-level BPE tokenizer: ``merges`` (in rank order), a split ``pattern`` and special tokens.
+    """A byte-level BPE tokenizer: `merges` (in rank order), a split `pattern` and special tokens.
 
-    Build one with :meth:`train` or :meth:`load`. ``len(tok)`` (``tok.vocab_size``) is
-    ``256 + len(merges) + len(special_tokens)``.
+    Build one with `train` or `load`. `len(tok)` (`tok.vocab_size`) is
+    `256 + len(merges) + len(special_tokens)`.
     """
 
     def __init__(
@@ -144,16 +165,16 @@ class Tokenizer:
         for rank, (a, b) in enumerate(self.merges):
             new_id = 256 + rank
             if not (0 <= a < new_id and 0 <= b < new_id):
-                raise ValueError(f"merge {rank} = {(a, b)} uses an id that does not exist yet (< {new_id})")
+                raise ArgumentError(f"merge {rank} = {(a, b)} uses an id that does not exist yet (< {new_id})")
             if (a, b) in self._ranks:
-                raise ValueError(f"merge {rank} = {(a, b)} repeats merge {self._ranks[(a, b)] - 256}")
+                raise ArgumentError(f"merge {rank} = {(a, b)} repeats merge {self._ranks[(a, b)] - 256}")
             self._ranks[(a, b)] = new_id
             self._token_bytes.append(self._token_bytes[a] + self._token_bytes[b])
         for special in special_tokens:
             if not isinstance(special, str) or not special:
-                raise ValueError(f"special token {special!r} must be a non-empty string")
+                raise ArgumentError(f"special token {special!r} must be a non-empty string")
             if special in self.special_tokens:
-                raise ValueError(f"special token {special!r} is listed twice")
+                raise ArgumentError(f"special token {special!r} is listed twice")
             self.special_tokens[special] = len(self._token_bytes) + len(self.special_tokens)
         self._compiled = regex.compile(pattern)
         self._cache: dict[str, tuple[int, ...]] = {}
@@ -172,20 +193,17 @@ class Tokenizer:
         pattern: str = GPT4_SPLIT_PATTERN,
         progress: bool | None = None,
     ) -> Tokenizer:
-        """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text`` (a string or texts).
+        """Learn `vocab_size - 256 - len(special_tokens)` merges from `text` (a string or texts).
 
         Special-token strings inside the training text are cut out (never learned as ordinary text).
         Ties between equally frequent pairs go to the smallest pair of ids. Training stops early,
-        with fewer merges and a warning, if no pre-token has two tokens left to merge. ``progress``: show a tqdm
-        bar (``None``: only for inputs of a megabyte or more).
+        with fewer merges and a warning, if no pre-token has two tokens left to merge. `progress`: show a tqdm
+        bar (`None`: only for inputs of a megabyte or more).
         """
         special_tokens = tuple(special_tokens)
+        check_int("vocab_size", vocab_size, 256 + len(special_tokens),
+                  hint=f"256 bytes + {len(special_tokens)} special tokens, plus the merges to learn")
         n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise ValueError(
-                f"vocab_size={vocab_size} is too small: it must be at least 256 (bytes) + "
-                f"{len(special_tokens)} (special tokens) = {256 + len(special_tokens)}"
-            )
         texts = [text] if isinstance(text, str) else text
         words, freqs = cls._count_pretokens(texts, regex.compile(pattern), special_tokens)
         if progress is None:
@@ -210,17 +228,17 @@ class Tokenizer:
         cut = regex.compile("|".join(regex.escape(s) for s in specials)) if specials else None
         for text in texts:
             for part in cut.split(text) if cut else [text]:
-                counts.update(compiled.findall(part))
+                counts.update(_pretokens(compiled, part))
         words = [list(piece.encode("utf-8")) for piece in counts]
         return words, list(counts.values())
 
     # ------------------------------------------------------------------ encoding
 
     def encode_ordinary(self, text: str) -> list[int]:
-        """Encode ``text`` treating every character as ordinary text (special strings included)."""
+        """Encode `text` treating every character as ordinary text (special strings included)."""
         out: list[int] = []
         cache = self._cache
-        for piece in self._compiled.findall(text):
+        for piece in _pretokens(self._compiled, text):
             ids = cache.get(piece)
             if ids is None:
                 if len(cache) >= _CACHE_LIMIT:
@@ -230,18 +248,18 @@ class Tokenizer:
         return out
 
     def encode(self, text: str, allowed_special: str | Iterable[str] = ()) -> list[int]:
-        """Encode ``text`` to token ids.
+        """Encode `text` to token ids.
 
-        Special-token strings (e.g. ``<|endoftext|>``) in ``text`` become their special id only if
-        listed in ``allowed_special`` (or ``allowed_special="all"``). Any other special string
-        found raises ``ValueError``: user text must not forge a special token, and silently
-        encoding it as plain text would hide the mistake. Call :meth:`encode_ordinary` to encode
+        Special-token strings (e.g. `<|endoftext|>`) in `text` become their special id only if
+        listed in `allowed_special` (or `allowed_special="all"`). Any other special string
+        found raises `ValueError`: user text must not forge a special token, and silently
+        encoding it as plain text would hide the mistake. Call `encode_ordinary` to encode
         such strings as ordinary text on purpose.
         """
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         unknown = allowed - set(self.special_tokens)
         if unknown:
-            raise ValueError(
+            raise ArgumentError(
                 f"allowed_special names unknown special tokens {sorted(unknown)}; known: {list(self.special_tokens)}"
             )
         if self._special_re is None:
@@ -251,7 +269,7 @@ class Tokenizer:
         for match in self._special_re.finditer(text):
             special = match.group()
             if special not in allowed:
-                raise ValueError(
+                raise ArgumentError(
                     f"text contains the special token {special!r} at position {match.start()}; pass "
                     f"allowed_special={{{special!r}}} to encode it as the special id, or use "
                     f"encode_ordinary() to encode it as plain text"
@@ -263,7 +281,7 @@ class Tokenizer:
         return out
 
     def encode_batch(self, texts: Iterable[str], allowed_special: str | Iterable[str] = ()) -> list[list[int]]:
-        """:meth:`encode` each text (sharing the pre-token cache)."""
+        """`encode` each text (sharing the pre-token cache)."""
         allowed = allowed_special if isinstance(allowed_special, str) else tuple(allowed_special)
         return [self.encode(text, allowed_special=allowed) for text in texts]
 
@@ -276,7 +294,7 @@ class Tokenizer:
         for special, sid in self.special_tokens.items():
             if sid == token_id:
                 return special.encode("utf-8")
-        raise ValueError(f"token id {token_id} is out of range: this vocabulary has ids 0..{self.vocab_size - 1}")
+        raise ArgumentError(f"token id {token_id} is out of range: this vocabulary has ids 0..{self.vocab_size - 1}")
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of a sequence of token ids."""
@@ -285,7 +303,7 @@ class Tokenizer:
         return b"".join(table[i] if 0 <= i < n else self.token_bytes(i) for i in map(int, ids))
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of ``ids``; bytes that are not valid UTF-8 (a cut multi-byte character) become U+FFFD."""
+        """Text of `ids`; bytes that are not valid UTF-8 (a cut multi-byte character) become U+FFFD."""
         return self.decode_bytes(ids).decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ inspection
@@ -300,13 +318,13 @@ class Tokenizer:
 
     @property
     def vocab(self) -> dict[int, str]:
-        """Every id with its token as a readable string (non-UTF-8 bytes escaped as ``\\xNN``)."""
+        """Every id with its token as a readable string (non-UTF-8 bytes escaped as `\\xNN`)."""
         table = {i: _readable(b) for i, b in enumerate(self._token_bytes)}
         table.update({sid: s for s, sid in self.special_tokens.items()})
         return table
 
     def mergeable_ranks(self) -> dict[bytes, int]:
-        """Token bytes -> id for bytes and merges (the form ``tiktoken.Encoding`` takes)."""
+        """Token bytes -> id for bytes and merges (the form `tiktoken.Encoding` takes)."""
         return {b: i for i, b in enumerate(self._token_bytes)}
 
     def __eq__(self, other: object) -> bool:
@@ -323,7 +341,7 @@ class Tokenizer:
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a readable, versioned JSON file atomically (a temp file renamed over ``path``)."""
+        """Write a readable, versioned JSON file atomically (a temp file renamed over `path`)."""
         path = Path(path)
         header = {
             "format": FILE_FORMAT,
@@ -343,7 +361,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Read a file written by :meth:`save`; a bad file raises :class:`TokenizerFileError`."""
+        """Read a file written by `save`; a bad file raises `TokenizerFileError`."""
         path = Path(path)
         data = read_versioned_json(path, FILE_FORMAT, FILE_VERSION, kind="tokenizer file", error=TokenizerFileError)
         try:
@@ -363,10 +381,10 @@ class Tokenizer:
 def _learn_merges(words: list[list[int]], freqs: list[int], n_merges: int, progress: bool) -> list[tuple[int, int]]:
     """The BPE training loop with incremental pair counts.
 
-    ``words[w]`` is a distinct pre-token (token ids), occurring ``freqs[w]`` times. We keep
-    ``counts[pair]`` (occurrences over the corpus) and ``where[pair]`` (words that may contain it).
-    A merge only touches the words in ``where[pair]``: their old pairs are uncounted, the word is
-    rewritten, its new pairs are counted. The heap holds ``(-count, a, b)`` entries; an entry whose
+    `words[w]` is a distinct pre-token (token ids), occurring `freqs[w]` times. We keep
+    `counts[pair]` (occurrences over the corpus) and `where[pair]` (words that may contain it).
+    A merge only touches the words in `where[pair]`: their old pairs are uncounted, the word is
+    rewritten, its new pairs are counted. The heap holds `(-count, a, b)` entries; an entry whose
     count is stale (the pair lost occurrences) is pushed back with its current count when popped.
     Entries are never too small, because every increase pushes a fresh entry.
     """

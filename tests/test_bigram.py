@@ -66,12 +66,12 @@ def test_count_bigrams_is_not_symmetric():
 
 
 @pytest.mark.parametrize("ids, vocab_size, error, pattern", [
-    (torch.tensor([[0, 1], [1, 0]]), 2, ValueError, r"1-D tensor.*\(2, 2\)"),
-    (torch.tensor([0.0, 1.0]), 2, TypeError, "integer token ids"),
-    (torch.tensor([0, 3, 1]), 3, ValueError, r"token id 3 at position 1 is outside \[0, 3\)"),
-    (torch.tensor([0, -1]), 3, ValueError, "token id -1 at position 1"),
-    (torch.tensor([0, 1]), 0, ValueError, "vocab_size must be an integer >= 1"),
-    ([0, 1], 2, ValueError, "1-D tensor"),
+    (torch.tensor([[0, 1], [1, 0]]), 2, ValueError, r"ids must be a tensor of shape \(N,\), got shape \(2, 2\)"),
+    (torch.tensor([0.0, 1.0]), 2, TypeError, "ids must hold integers, got dtype torch.float32"),
+    (torch.tensor([0, 3, 1]), 3, ValueError, r"ids: 3 at index 1 is outside \[0, 3\); use a vocab_size larger"),
+    (torch.tensor([0, -1]), 3, ValueError, "ids: -1 at index 1"),
+    (torch.tensor([0, 1]), 0, ValueError, "vocab_size=0 must be an integer >= 1"),
+    ([0, 1], 2, TypeError, r"ids must be a tensor of integers, got list.*torch\.tensor"),
 ])
 def test_count_bigrams_rejects_bad_input(ids, vocab_size, error, pattern):
     with pytest.raises(error, match=pattern):
@@ -106,7 +106,7 @@ def test_bigram_probs_keeps_float64_counts_in_float64():
 
 @pytest.mark.parametrize("smoothing", [-0.5, math.nan, math.inf, "1"])
 def test_bigram_probs_rejects_bad_smoothing(smoothing):
-    with pytest.raises(ValueError, match="smoothing must be a finite number >= 0"):
+    with pytest.raises(ValueError, match="smoothing=.* must be a finite number >= 0"):
         bigram_probs(torch.ones(2, 2), smoothing)
 
 
@@ -129,7 +129,7 @@ def test_bigram_nll_is_inf_for_an_impossible_pair_and_needs_two_ids():
     probs = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     assert bigram_nll(probs, torch.tensor([0, 1, 0])).item() == 0.0
     assert bigram_nll(probs, torch.tensor([0, 0])).item() == math.inf
-    with pytest.raises(ValueError, match="at least 2 ids.*got 1"):
+    with pytest.raises(ValueError, match="ids holds 1 ids but needs at least 2"):
         bigram_nll(probs, torch.tensor([0]))
 
 
@@ -200,9 +200,9 @@ def test_sample_bigram_handles_zero_tokens_and_rejects_bad_arguments():
     probs = random_probs(5, seed=5)
     empty = sample_bigram(probs, 0, 0)
     assert empty.shape == (0,) and empty.dtype == torch.long
-    with pytest.raises(ValueError, match=r"start_id must be an integer in \[0, 5\), got 5"):
+    with pytest.raises(ValueError, match=r"start_id=5 must be an integer in \[0, 5\)"):
         sample_bigram(probs, 5, 3)
-    with pytest.raises(ValueError, match="num_tokens must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match="num_tokens=-1 must be an integer >= 0"):
         sample_bigram(probs, 0, -1)
     with pytest.raises(ValueError, match="square"):
         sample_bigram(probs[0], 0, 3)
@@ -237,7 +237,7 @@ def test_neural_bigram_forward_shapes():
     assert model(torch.zeros(7, dtype=torch.long)).shape == (7, 11)
     assert model(torch.zeros(3, 5, dtype=torch.long)).shape == (3, 5, 11)
     assert sum(p.numel() for p in model.parameters()) == 11 * 11
-    with pytest.raises(ValueError, match="vocab_size must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="vocab_size=0 must be an integer >= 1"):
         NeuralBigram(0)
 
 
@@ -273,9 +273,9 @@ def test_training_runs_on_the_requested_device_and_shows_progress(capsys):
 
 
 @pytest.mark.parametrize("kwargs, pattern", [
-    (dict(steps=0), "steps must be an integer >= 1"),
-    (dict(lr=-1.0), "lr must be a finite number > 0"),
-    (dict(batch_size=0), r"batch_size \(None for the full batch\) must be an integer >= 1, got 0"),
+    (dict(steps=0), "steps=0 must be an integer >= 1"),
+    (dict(lr=-1.0), "lr=-1.0 must be a finite number > 0"),
+    (dict(batch_size=0), r"batch_size=0 must be an integer >= 1 \(or None for the full batch\)"),
 ])
 def test_training_rejects_bad_settings(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
@@ -283,7 +283,7 @@ def test_training_rejects_bad_settings(kwargs, pattern):
 
 
 def test_training_rejects_ids_out_of_range():
-    with pytest.raises(ValueError, match=r"token id 5 at position 2"):
+    with pytest.raises(ValueError, match=r"ids: 5 at index 2 is outside \[0, 3\)"):
         train_neural_bigram(torch.tensor([0, 1, 5]), 3)
 
 

@@ -289,12 +289,13 @@ def test_seeded_inputs_neither_read_nor_change_the_global_random_state():
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda: seeded_randn(3, seed=1.5), TypeError, "seed"),
-    (lambda: seeded_randn(3, seed=True), TypeError, "seed"),
-    (lambda: seeded_randn(-1, seed=0), ValueError, "shape"),
+    (lambda: seeded_randn(3, seed=1.5), TypeError, "seeded_randn: seed=1.5 must be an integer"),
+    (lambda: seeded_randn(3, seed=True), TypeError, "seeded_randn: seed=True must be an integer"),
+    (lambda: seeded_randn(-1, seed=0), ValueError, r"seeded_randn: shape\[0\]=-1 must be an integer >= 0"),
+    (lambda: seeded_randn((2, True), seed=0), ValueError, r"seeded_randn: shape\[1\]=True"),
     (lambda: seeded_randn(3, seed=0, dtype=torch.long), ValueError, "seeded_randint"),
-    (lambda: seeded_randint(5, 5, (3,), seed=0), ValueError, "low=5"),
-    (lambda: seeded_randint(0, 5, (2.0,), seed=0), ValueError, "shape"),
+    (lambda: seeded_randint(5, 5, (3,), seed=0), ValueError, r"high=5 must be an integer >= 6 \(above low=5"),
+    (lambda: seeded_randint(0, 5, (2.0,), seed=0), ValueError, r"seeded_randint: shape\[0\]=2.0"),
 ])
 def test_seeded_inputs_reject_bad_arguments(call, error, match):
     with pytest.raises(error, match=match):

@@ -209,7 +209,7 @@ def test_narrow_integer_targets_give_the_same_loss():
     assert torch.equal(cross_entropy(logits, targets.int()), expected)
     assert torch.equal(cross_entropy(logits, targets.to(torch.uint8)), expected)
     # uint8 cannot hold -100: an id of 156 must be an error, not wrap around to "ignored".
-    with pytest.raises(ValueError, match="target id 156"):
+    with pytest.raises(ValueError, match=r"targets: 156 at index 0 is outside \[0, 5\)"):
         cross_entropy(torch.zeros(2, 5), torch.tensor([156, 1], dtype=torch.uint8))
 
 
@@ -219,27 +219,27 @@ def test_unbatched_logits_and_scalar_target_match_torch():
 
 
 def test_cross_entropy_rejects_float_targets():
-    with pytest.raises(TypeError, match="targets must hold integer class ids.*float32"):
+    with pytest.raises(TypeError, match="targets must hold integers, got dtype torch.float32.*long"):
         cross_entropy(torch.zeros(3, 4), torch.zeros(3))
 
 
 @pytest.mark.parametrize("logits_shape, targets_shape", [((3, 4), (4,)), ((2, 3, 4), (3, 2)), ((2, 3, 4), (6,)),
                                                          ((), ())])
 def test_cross_entropy_rejects_mismatched_shapes(logits_shape, targets_shape):
-    with pytest.raises(ValueError, match="must be targets") as error:
+    with pytest.raises(ValueError, match=r"logits must be a tensor of shape .*V\)") as error:
         cross_entropy(torch.zeros(logits_shape), torch.zeros(targets_shape, dtype=torch.long))
-    assert str(tuple(targets_shape)) in str(error.value)
+    assert f"shape {(*targets_shape, 'V')}".replace("'", "") in str(error.value)
 
 
 @pytest.mark.parametrize("bad_id, ignore_index", [(4, -100), (-1, -100), (-100, -1), (17, 17 + 1)])
 def test_cross_entropy_rejects_target_ids_out_of_range_naming_them(bad_id, ignore_index):
     targets = torch.tensor([[0, 1], [bad_id, 3]])
-    with pytest.raises(ValueError, match=rf"target id {bad_id} at position \(1, 0\).*\[0, 4\)"):
+    with pytest.raises(ValueError, match=rf"targets: {bad_id} at index \(1, 0\) is outside \[0, 4\)"):
         cross_entropy(torch.zeros(2, 2, 4), targets, ignore_index=ignore_index)
 
 
 def test_cross_entropy_rejects_unknown_reduction_listing_the_allowed_ones():
-    with pytest.raises(ValueError, match="'mean', 'sum', 'none'.*'average'"):
+    with pytest.raises(ValueError, match="reduction='average' must be one of 'mean', 'sum', 'none'"):
         cross_entropy(torch.zeros(2, 3), torch.tensor([0, 1]), reduction="average")
 
 

@@ -55,7 +55,7 @@ def test_swiglu_matches_line_by_line_formula():
 
 
 def test_swiglu_shape_mismatch_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"x_gate \(2, 3\) and x_up \(2, 4\)"):
+    with pytest.raises(ValueError, match=r"x_up must be a tensor of shape \(2, 3\), got shape \(2, 4\)"):
         swiglu(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
@@ -155,17 +155,17 @@ def test_default_hidden_values():
 
 
 def test_make_mlp_and_constructors_reject_bad_arguments():
-    with pytest.raises(ValueError, match=r"unknown MLP kind 'geglu'.*'relu', 'gelu', 'swiglu'"):
+    with pytest.raises(ValueError, match=r"kind='geglu' must be one of 'relu', 'gelu', 'swiglu'"):
         make_mlp("geglu", 8, 16)
-    with pytest.raises(ValueError, match=r"unknown MLP kind 'tanh'"):
+    with pytest.raises(ValueError, match=r"kind='tanh' must be one of"):
         default_hidden("tanh", 8)
-    with pytest.raises(ValueError, match=r"unknown activation 'swiglu'.*use SwiGLU"):
+    with pytest.raises(ValueError, match=r"activation='swiglu' must be one of 'relu', 'gelu'.*use SwiGLU"):
         MLP(8, 16, activation="swiglu")
-    with pytest.raises(ValueError, match="hidden must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="hidden=0 must be an integer >= 1"):
         make_mlp("gelu", 8, 0)
-    with pytest.raises(ValueError, match="n_embd must be a positive int"):
+    with pytest.raises(TypeError, match="n_embd=8.0 must be an integer >= 1"):
         SwiGLU(8.0, 16)
-    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"dropout=1.0 must be a finite number >= 0 and < 1"):
         make_mlp("swiglu", 8, 16, dropout=1.0)
 
 
@@ -214,9 +214,9 @@ def test_top_k_route_keeps_bfloat16_and_rejects_bad_k():
     logits = random((5, 4), seed=16).bfloat16()
     assert top_k_route(logits, 2)[0].dtype == torch.bfloat16
     for k in (0, 5, 2.0):
-        with pytest.raises(ValueError, match=r"k must be an int in \[1, n_experts=4\]"):
+        with pytest.raises(ValueError, match=rf"k={k} must be an integer in \[1, 5\) \(a token picks k of the E"):
             top_k_route(logits, k)
-    with pytest.raises(ValueError, match=r"\(N, E\).*reshape"):
+    with pytest.raises(ValueError, match=r"router_logits must be a tensor of shape \(N, E\), got shape \(2, 3, 4\).*reshape"):
         top_k_route(torch.zeros(2, 3, 4), 1)
 
 
@@ -370,9 +370,9 @@ def test_moe_accepts_any_leading_shape_and_bfloat16():
 
 
 def test_moe_rejects_bad_arguments():
-    with pytest.raises(ValueError, match=r"top_k must be an int in \[1, n_experts=1\]"):
+    with pytest.raises(ValueError, match=r"top_k=2 must be an integer in \[1, 2\) \(a token cannot use more experts"):
         MoE(8, 16, n_experts=1)  # the default top_k=2 needs at least two experts
-    with pytest.raises(ValueError, match="n_experts must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="n_experts=0 must be an integer >= 1"):
         MoE(8, 16, n_experts=0, top_k=1)
-    with pytest.raises(ValueError, match="unknown MLP kind 'moe'"):
+    with pytest.raises(ValueError, match="kind='moe' must be one of 'relu', 'gelu', 'swiglu'"):
         MoE(8, 16, n_experts=2, kind="moe")

@@ -136,7 +136,8 @@ def test_adamw_continues_from_torch_adamw_state():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(amsgrad=True), "amsgrad"),
     (dict(lr=-1.0), "lr"),
-    (dict(betas=(0.9, 1.0)), "betas"),
+    (dict(betas=(0.9, 1.0)), r"betas\[1\]=1.0 must be a finite number >= 0 and < 1"),
+    (dict(betas=(True, 0.9)), r"betas\[0\]=True"),
     (dict(betas=(0.9,)), "betas"),
     (dict(eps=-1e-8), "eps"),
     (dict(weight_decay=-0.1), "weight_decay"),
@@ -270,13 +271,13 @@ def test_lr_at_is_monotone_in_each_piece_and_bounded():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(warmup_steps=20, max_steps=10), "warmup_steps=20 must be at most max_steps=10"),
+    (dict(warmup_steps=20, max_steps=10), r"warmup_steps=20 must be an integer in \[0, 11\) \(at most max_steps=10"),
     (dict(step=-1), "step"),
     (dict(warmup_steps=-1), "warmup_steps"),
     (dict(max_steps=-5, warmup_steps=0), "max_steps"),
     (dict(max_lr=-1e-3), "max_lr"),
     (dict(min_lr=-1e-5), "min_lr"),
-    (dict(min_lr=1e-2), "min_lr=0.01 must be at most max_lr"),
+    (dict(min_lr=1e-2), "min_lr=0.01 must be a finite number >= 0 and <= 0.001"),
     (dict(step=1.5), "step"),
     (dict(max_lr=math.inf), "max_lr"),
 ])

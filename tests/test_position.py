@@ -77,7 +77,7 @@ def test_sinusoidal_positions_module_looks_up_rows():
     assert torch.equal(module(torch.arange(16)), table)
     assert list(module.parameters()) == [] and module.state_dict() == {}
     assert module.to(torch.float64)(torch.arange(3)).dtype == torch.float64
-    with pytest.raises(ValueError, match=r"position 16 .*block_size=16"):
+    with pytest.raises(ValueError, match=r"positions: 16 at index 16 is outside \[0, 16\); the model has block_size positions"):
         module(torch.arange(17))
 
 
@@ -98,9 +98,9 @@ def test_learned_positions_shapes_gradients_and_state():
 
 
 @pytest.mark.parametrize("positions, message", [
-    (torch.tensor([0, 8]), r"position 8 .*block_size=8"),
-    (torch.tensor([[1, 2], [3, 100]]), r"position 100 .*block_size=8"),
-    (torch.tensor([-1]), r"position -1 "),
+    (torch.tensor([0, 8]), r"positions: 8 at index 1 is outside \[0, 8\); the model has block_size"),
+    (torch.tensor([[1, 2], [3, 100]]), r"positions: 100 at index \(1, 1\).*crop the input to its last block_size tokens"),
+    (torch.tensor([-1]), r"positions: -1 at index 0 "),
 ])
 def test_learned_positions_reject_positions_outside_the_table(positions, message):
     with pytest.raises(ValueError, match=message):
@@ -108,9 +108,9 @@ def test_learned_positions_reject_positions_outside_the_table(positions, message
 
 
 def test_positions_must_be_integers():
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="positions must hold integers"):
         LearnedPositions(8, 4)(torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="block_size"):
+    with pytest.raises(ValueError, match="block_size=0 must be an integer >= 1"):
         LearnedPositions(0, 4)
 
 
@@ -268,17 +268,17 @@ def test_rotary_errors_are_clear():
     q = k = torch.zeros(1, 1, 4, 8)
     with pytest.raises(ValueError, match=r"positions 7\.\.10 go past max_seq_len=10"):
         rope(q, k, start_pos=7)
-    with pytest.raises(ValueError, match="start_pos"):
+    with pytest.raises(ValueError, match="start_pos=-1 must be an integer >= 0"):
         rope(q, k, start_pos=-1)
-    with pytest.raises(ValueError, match="same T"):
+    with pytest.raises(ValueError, match=r"k must be a tensor of shape \(\.\.\., 4, 8\).*same T"):
         rope(q, torch.zeros(1, 1, 5, 8))
-    with pytest.raises(ValueError, match="head_dim=8"):
+    with pytest.raises(ValueError, match=r"q must be a tensor of shape \(\.\.\., T, 8\).*head_dim"):
         rope(torch.zeros(1, 1, 4, 6), torch.zeros(1, 1, 4, 6))
-    with pytest.raises(ValueError, match="head_dim must be even"):
+    with pytest.raises(ValueError, match="head_dim=7 must be even"):
         RotaryEmbedding(head_dim=7, max_seq_len=10)
-    with pytest.raises(ValueError, match="scale"):
+    with pytest.raises(ValueError, match="scale=0.0 must be a finite number > 0"):
         rope_frequencies(8, scale=0.0)
     with pytest.raises(ValueError, match="D even"):
         apply_rope(torch.zeros(1, 1, 2, 8), torch.zeros(2, 6), torch.zeros(2, 6))
-    with pytest.raises(TypeError, match="positions"):
+    with pytest.raises(TypeError, match="positions must hold integers"):
         rope_cos_sin(torch.tensor([0.5]), 8)

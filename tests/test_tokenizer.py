@@ -165,7 +165,7 @@ def test_training_stops_when_nothing_is_left_to_merge():
 
 
 def test_vocab_size_too_small_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"vocab_size=260 is too small.*261"):
+    with pytest.raises(ValueError, match=r"vocab_size=260 must be an integer >= 261 \(256 bytes \+ 5 special"):
         Tokenizer.train("hello", 260)
     assert len(Tokenizer.train("hello", 261, progress=False)) == 261
 
@@ -215,6 +215,39 @@ def test_same_ids_as_tiktoken_with_gpt2_pattern(world_text):
 def test_same_ids_as_tiktoken_with_special_tokens(tok):
     text = "<|user|>Hi there<|end|><|assistant|>Hello!<|end|><|endoftext|>"
     assert tok.encode(text, allowed_special="all") == _tiktoken(tok).encode(text, allowed_special="all")
+
+
+ONCE = "Once upon a time, a fox named Tilly lived by the river. She was 3 years old!\n\n  The end."
+
+
+def test_a_pattern_that_skips_text_still_encodes_all_of_it(tok, tmp_path):
+    """A damaged file whose split pattern is `x` matches almost nothing: the text between its
+    matches is encoded too (as pre-tokens of their own), never dropped."""
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps({**data, "pattern": "x"}), encoding="utf-8")
+    damaged = Tokenizer.load(path)
+    ids = damaged.encode(ONCE)
+    assert damaged.decode(ids) == ONCE and len(ids) > 0
+    assert damaged.decode(damaged.encode(ONCE + "<|endoftext|>", allowed_special="all")) == ONCE + "<|endoftext|>"
+
+
+@tiny_corpus
+@pytest.mark.parametrize("pattern", ["x", "", "(o)n", r"\s", r"(?=e)", "[^a-z]+"])
+def test_any_pattern_round_trips(pattern):
+    tok = Tokenizer.train(ONCE * 3, 300, pattern=pattern, special_tokens=(), progress=False)
+    if pattern:  # training saw the unmatched text too ("" splits between every two characters)
+        assert len(tok.merges) > 0
+    for text in (ONCE, "", "x", "xx oo xx", "漢字 😀 e\u0301"):
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_shipped_patterns_cover_any_text_so_their_pretokens_are_the_matches():
+    """The gaps rule never fires for the shipped patterns: ids stay tiktoken's (tested above)."""
+    text = ONCE + ODD_CHARS + "x" * 5 + "'s 'LL 12345 \r\n\t "
+    for pattern in (GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN):
+        assert "".join(regex.findall(pattern, text)) == text
 
 
 # ---------------------------------------------------------------- known cases

@@ -131,7 +131,7 @@ def test_explorer_rejects_bad_arguments():
     layer = make_layer()
     with pytest.raises(ValueError, match="empty"):
         attention_explorer(layer, embed, [])
-    with pytest.raises(ValueError, match="head=4"):
+    with pytest.raises(ValueError, match=r"head=4 must be an integer in \[0, 4\) \(this layer has 4 heads\)"):
         attention_explorer(layer, embed, SENTENCES, head=4)
     with pytest.raises(ValueError, match="one label per row"):
         attention_explorer(layer, lambda s: (["x"], torch.randn(3, N_EMBD)), SENTENCES)

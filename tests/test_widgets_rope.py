@@ -109,7 +109,7 @@ def test_explorer_moving_one_position_changes_the_dot_product():
 
 
 def test_explorer_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="max_position"):
+    with pytest.raises(ValueError, match="max_position=.* must be an integer >= 1"):
         rope_explorer(max_position=0)
     with pytest.raises(ValueError, match="q must be one pair"):
         rope_explorer(q=[1.0, 2.0, 3.0])

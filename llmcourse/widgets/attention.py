@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from llmcourse.attention import CausalSelfAttention, attention_reference, causal_mask, repeat_kv, split_heads
+from llmcourse.checks import check_int
 from llmcourse.plots import char_label, figure_to_png
 from llmcourse.widgets.explorer import Explorer
 
@@ -215,8 +216,7 @@ class AttentionExplorer(Explorer):
         sentences = list(sentences)
         if not sentences:
             raise ValueError("sentences is empty: give the explorer at least one sentence to show")
-        if not 0 <= head < layer.n_head:
-            raise ValueError(f"head={head} does not exist: this layer has heads 0..{layer.n_head - 1}")
+        check_int("head", head, 0, below=layer.n_head, hint=f"this layer has {layer.n_head} heads")
         self.layer = layer
         self.embed = embed
         self.tokens: list[str] = []

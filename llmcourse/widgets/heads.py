@@ -24,6 +24,7 @@ from matplotlib.patches import FancyBboxPatch
 from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, attention_reference
+from llmcourse.checks import ArgumentError, check_int
 from llmcourse.plots import char_label, figure_to_png
 from llmcourse.widgets.explorer import Explorer
 
@@ -183,9 +184,10 @@ def kv_sharing_diagram(n_heads: int = 8, kv_head_counts: Sequence[int] = (8, 2, 
     Query head h uses kv head h // (n_heads / n_kv), the grouping of `repeat_kv`. n_kv = n_heads is
     multi-head attention, 1 is multi-query, anything between is grouped-query attention.
     """
+    check_int("n_heads", n_heads, 1)
     for n_kv in kv_head_counts:
-        if n_kv < 1 or n_heads % n_kv:
-            raise ValueError(f"every kv head count must divide n_heads={n_heads}, got {n_kv}")
+        if n_heads % check_int("kv_head_counts entry", n_kv, 1):
+            raise ArgumentError(f"every kv head count must divide n_heads={n_heads}, got {n_kv}")
     fig = Figure(figsize=(4.2 * len(kv_head_counts), 3.0), layout="constrained")
     axes = fig.subplots(1, len(kv_head_counts), squeeze=False)[0]
     palette = colormaps["tab10"]

@@ -26,6 +26,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from llmcourse.checks import check_int
 from llmcourse.mlp import load_balancing_loss, top_k_route
 from llmcourse.plots import char_label, figure_to_png
 from llmcourse.widgets.explorer import Explorer
@@ -129,8 +130,7 @@ def synthetic_router_logits(n_experts: int, *, n_tokens: int = 256, n_embd: int 
     the scores of the existing ones unchanged. `sharpness` scales how decided the router is;
     `favour` adds a bias towards expert 0, the start of a collapse onto one expert.
     """
-    if not 1 <= n_experts <= MAX_EXPERTS:
-        raise ValueError(f"n_experts must be in [1, {MAX_EXPERTS}], got {n_experts}")
+    check_int("n_experts", n_experts, 1, below=MAX_EXPERTS + 1)
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randn(n_tokens, n_embd, generator=generator)
     router = torch.randn(n_embd, MAX_EXPERTS, generator=generator)[:, :n_experts]

@@ -9,6 +9,7 @@ import torch
 from matplotlib.figure import Figure
 
 from llmcourse.bigram import CountingBigram, NeuralBigram, sample_bigram
+from llmcourse.checks import check_int, check_real
 from llmcourse.data.chars import CharVocab
 from llmcourse.plots import char_label, figure_to_png, next_token_bars
 from llmcourse.widgets.explorer import Explorer
@@ -52,8 +53,7 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     Returns:
         `(..., V)` probabilities, `softmax(log(probs) / T)`; zeros stay zero.
     """
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}; use a small value such as 0.1 for near-greedy")
+    check_real("temperature", temperature, above=0, hint="use a small value such as 0.1 for near-greedy")
     # Dividing log-probabilities by T is the same as dividing logits by T (the constant cancels).
     return torch.softmax(torch.log(probs) / temperature, dim=-1)
 
@@ -85,8 +85,7 @@ class NextCharExplorer(Explorer):
         continuation_length: int = 120,
         seed: int = 0,
     ) -> None:
-        if continuation_length < 1:
-            raise ValueError(f"continuation_length must be at least 1, got {continuation_length}")
+        check_int("continuation_length", continuation_length, 1, hint="the characters sampled after the context")
         self.vocab = vocab
         self.table = bigram_table(model, vocab.size)
         self.top_k = top_k

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 from torch import Tensor
 
+from llmcourse.checks import check_int
 from llmcourse.plots import figure_to_png
 from llmcourse.position import apply_rope
 from llmcourse.widgets.explorer import Explorer
@@ -174,8 +175,7 @@ class RopePairExplorer(Explorer):
         theta: float = 0.4,
         max_position: int = 24,
     ) -> None:
-        if max_position < 1:
-            raise ValueError(f"max_position must be at least 1, got {max_position}")
+        check_int("max_position", max_position, 1, hint="the last position the sliders reach")
         self.q, self.k = _as_pair(q, "q"), _as_pair(k, "k")
         self.max_position = max_position
         self.m_total = self.n_total = 0

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import ipywidgets as widgets
 from matplotlib.figure import Figure
 
+from llmcourse.checks import check_int
 from llmcourse.tokenizer import Tokenizer
 from llmcourse.widgets.explorer import Explorer
 
@@ -43,37 +44,34 @@ _VISIBLE_WHITESPACE = str.maketrans({" ": "·", "\n": "↵", "\t": "→", "\r": 
 
 
 def truncated(tokenizer: Tokenizer, vocab_size: int) -> Tokenizer:
-    """The tokenizer made of the first ``vocab_size - 256`` merges of ``tokenizer`` (same specials).
+    """The tokenizer made of the first `vocab_size - 256` merges of `tokenizer` (same specials).
 
     BPE training is greedy and never revisits a merge, so the first M merges of a run *are* the
     run that stops after M merges: every smaller vocabulary comes free from one training run.
-    ``vocab_size`` counts the 256 bytes and the merges; the special tokens come on top.
+    `vocab_size` counts the 256 bytes and the merges; the special tokens come on top.
     """
     largest = 256 + len(tokenizer.merges)
-    if not 256 <= vocab_size <= largest:
-        raise ValueError(
-            f"vocab_size={vocab_size} is out of range for this tokenizer: choose between 256 (bytes only) "
-            f"and {largest} (256 bytes + its {len(tokenizer.merges)} merges); train longer for a larger one"
-        )
+    check_int("vocab_size", vocab_size, 256, below=largest + 1, hint=f"between 256 (bytes only) and {largest} "
+              f"(256 bytes + this tokenizer's {len(tokenizer.merges)} merges); train longer for a larger one")
     return Tokenizer(tokenizer.merges[: vocab_size - 256], tokenizer.pattern, tuple(tokenizer.special_tokens))
 
 
 def visible_token(token: bytes) -> str:
-    """A token's bytes as readable text: whitespace as `·`/`↵`/`→`, a cut UTF-8 character as ``\\xNN``."""
+    """A token's bytes as readable text: whitespace as `·`/`↵`/`→`, a cut UTF-8 character as `\\xNN`."""
     return token.decode("utf-8", errors="backslashreplace").translate(_VISIBLE_WHITESPACE)
 
 
 def token_html(tokenizer: Tokenizer, text: str, *, allowed_special: str | Iterable[str] = ()) -> str:
-    """HTML that shows ``text`` cut into ``tokenizer``'s tokens: coloured boxes with the id under each.
+    """HTML that shows `text` cut into `tokenizer`'s tokens: coloured boxes with the id under each.
 
     Special-token strings become special tokens (drawn in red) only if listed in
-    ``allowed_special``; any other one raises ``ValueError``, exactly as `Tokenizer.encode` does.
+    `allowed_special`; any other one raises `ValueError`, exactly as `Tokenizer.encode` does.
     """
     return ids_html(tokenizer, tokenizer.encode(text, allowed_special=allowed_special))
 
 
 def ids_html(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
-    """HTML for token ``ids``: one coloured box per token with its id under it.
+    """HTML for token `ids`: one coloured box per token with its id under it.
 
     A token that contains a newline also breaks the line, so code keeps its shape. Every token
     is escaped, so any text is safe to show.
@@ -98,7 +96,7 @@ def ids_html(tokenizer: Tokenizer, ids: Sequence[int]) -> str:
 
 
 def ladder_html(tokenizers: Mapping[int, Tokenizer], text: str) -> str:
-    """``text`` rendered by each tokenizer, one row per vocabulary size with its token count."""
+    """`text` rendered by each tokenizer, one row per vocabulary size with its token count."""
     rows = []
     for vocab_size, tokenizer in tokenizers.items():
         n_tokens = len(tokenizer.encode(text))
@@ -112,7 +110,7 @@ def ladder_html(tokenizers: Mapping[int, Tokenizer], text: str) -> str:
 
 
 def tokens_per_byte(tokenizer: Tokenizer, text: str) -> float:
-    """Tokens per UTF-8 byte of ``text`` (encoded as ordinary text): 1.0 for bytes only, lower is shorter."""
+    """Tokens per UTF-8 byte of `text` (encoded as ordinary text): 1.0 for bytes only, lower is shorter."""
     n_bytes = len(text.encode("utf-8"))
     if n_bytes == 0:
         raise ValueError("text is empty; tokens per byte needs at least one byte of text")
@@ -120,7 +118,7 @@ def tokens_per_byte(tokenizer: Tokenizer, text: str) -> float:
 
 
 def compression_curve(tokenizer: Tokenizer, text: str, vocab_sizes: Sequence[int]) -> list[float]:
-    """Tokens per byte of ``text`` for each vocabulary size, all cut from the one trained ``tokenizer``."""
+    """Tokens per byte of `text` for each vocabulary size, all cut from the one trained `tokenizer`."""
     return [tokens_per_byte(truncated(tokenizer, size), text) for size in vocab_sizes]
 
 
@@ -129,7 +127,7 @@ def compression_figure(
     *,
     title: str | None = None,
 ) -> Figure:
-    """Tokens per byte against vocabulary size (log scale), one line per ``{label: (sizes, values)}``.
+    """Tokens per byte against vocabulary size (log scale), one line per `{label: (sizes, values)}`.
 
     Returns:
         The figure; `fig.axes[0].lines` are the curves, in the order given.
@@ -154,7 +152,7 @@ def compression_figure(
 
 
 def _doubling_sizes(largest: int) -> list[int]:
-    """256, 512, 1024, ... below ``largest``, then ``largest`` itself."""
+    """256, 512, 1024, ... below `largest`, then `largest` itself."""
     sizes = [256]
     while sizes[-1] * 2 < largest:
         sizes.append(sizes[-1] * 2)
