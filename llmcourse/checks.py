@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import sys
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "ArgumentError",
@@ -43,9 +44,29 @@ class ArgumentError(ValueError, TypeError):
     """A function was given an argument it cannot use; the message names it and the fix."""
 
 
+def _loaded_torch():
+    """torch if something has imported it, else None. Before torch is loaded no value can be a
+    tensor or a symbolic int, so the pure-Python modules (TinyWorld) check their arguments here
+    without paying a second for importing torch."""
+    return sys.modules.get("torch")
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = _loaded_torch()
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _compiling() -> bool:
+    """True while torch.compile traces a graph."""
+    torch = _loaded_torch()
+    return torch is not None and torch.compiler.is_compiling()
+
+
 def is_integer(value: Any) -> bool:
     """True for Python, numpy and symbolic (torch.compile) integers; False for bools and floats."""
-    return isinstance(value, (numbers.Integral, torch.SymInt)) and not isinstance(value, bool)
+    torch = _loaded_torch()
+    symbolic = torch is not None and isinstance(value, torch.SymInt)
+    return (isinstance(value, numbers.Integral) or symbolic) and not isinstance(value, bool)
 
 
 def is_real(value: Any) -> bool:
@@ -68,7 +89,7 @@ def check_int(name: str, value: Any, minimum: int | None = None, *, below: int |
     """
     if not is_integer(value):
         raise _fail(name, value, _integer_range(minimum, below), hint)
-    if isinstance(value, torch.SymInt) or torch.compiler.is_compiling():
+    if _compiling() or not isinstance(value, numbers.Integral):  # traced, or a symbolic int
         return value
     value = operator.index(value)
     if (minimum is not None and value < minimum) or (below is not None and value >= below):
@@ -125,10 +146,10 @@ def check_choice(name: str, value: Any, choices: Collection[Any], hint: str = ""
 
 def check_integer_tensor(name: str, values: Any, hint: str = "") -> Tensor:
     """`values`, if it is a tensor of integers (ids, positions); floats and bools are refused."""
-    if not isinstance(values, Tensor):
+    if not _is_tensor(values):
         raise ArgumentError(f"{name} must be a tensor of integers, got {type(values).__name__}; "
                             f"wrap it with torch.tensor(...)" + (f" ({hint})" if hint else ""))
-    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+    if values.is_floating_point() or values.is_complex() or values.dtype == _loaded_torch().bool:
         raise ArgumentError(f"{name} must hold integers, got dtype {values.dtype}; convert with .long()"
                             + (f" ({hint})" if hint else ""))
     return values
@@ -141,7 +162,7 @@ def check_id_range(name: str, values: Any, limit: int, hint: str) -> Tensor:
     (but not the type) check.
     """
     check_integer_tensor(name, values)
-    if torch.compiler.is_compiling():
+    if _compiling():
         return values
     bad = (values < 0) | (values >= limit)
     if bad.any():
@@ -159,11 +180,12 @@ def check_shape(name: str, values: Any, shape: Sequence[Any], hint: str = "") ->
     """
     leading = len(shape) > 0 and shape[0] is Ellipsis
     sizes = shape[1:] if leading else shape
-    if isinstance(values, Tensor) and (values.dim() >= len(sizes) if leading else values.dim() == len(sizes)):
+    is_tensor = _is_tensor(values)
+    if is_tensor and (values.dim() >= len(sizes) if leading else values.dim() == len(sizes)):
         actual = values.shape[values.dim() - len(sizes):]
         if all(isinstance(want, str) or size == want for size, want in zip(actual, sizes)):
             return values
     expected = ", ".join("..." if size is Ellipsis else str(size) for size in shape)
     expected = f"({expected},)" if len(shape) == 1 else f"({expected})"
-    got = f"shape {tuple(values.shape)}" if isinstance(values, Tensor) else type(values).__name__
+    got = f"shape {tuple(values.shape)}" if is_tensor else type(values).__name__
     raise ArgumentError(f"{name} must be a tensor of shape {expected}, got {got}" + (f" ({hint})" if hint else ""))

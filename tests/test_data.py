@@ -663,6 +663,25 @@ def test_data_package_loads_its_modules_only_when_asked():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
+TINYWORLD_WITHOUT_TORCH = """
+import sys
+from llmcourse.data.tinyworld import World, corpus_text
+assert len(corpus_text(2_000, world=World.generate(0))) >= 2_000
+try:
+    World.generate("zero")
+except ValueError as error:
+    assert "seed" in str(error), error
+assert "torch" not in sys.modules, "TinyWorld imported torch"
+print("ok")
+"""
+
+
+def test_tinyworld_needs_no_torch():
+    """TinyWorld is pure Python, and its argument checks work (and fail) before torch is loaded."""
+    result = subprocess.run([sys.executable, "-c", TINYWORLD_WITHOUT_TORCH], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
 def test_data_package_refuses_unknown_names():
     import llmcourse.data as data
 

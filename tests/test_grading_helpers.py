@@ -608,12 +608,12 @@ def test_check_untampered_checks_reference_classes(monkeypatch):
 
 
 @dataclasses.dataclass
-class ProbeConfig:  # stands in for a package dataclass such as llmcourse.train.TrainConfig
+class ProbeConfig:  # stands in for a package dataclass such as llmcourse.train_config.TrainConfig
     steps: int = 1
 
 
 def test_check_untampered_accepts_a_dataclass_but_not_a_replaced_method(monkeypatch):
-    check_untampered("llmcourse.train.TrainConfig")  # its __init__, __eq__, __repr__ come from @dataclass
+    check_untampered("llmcourse.train_config.TrainConfig")  # its __init__, __eq__, __repr__ come from @dataclass
     package_dataclass = type("TrainConfigLike", (ProbeConfig,), {"__module__": "llmcourse.probe"})
     package_dataclass = dataclasses.dataclass(package_dataclass)
     with monkeypatch.context() as patch:
