@@ -31,11 +31,12 @@ from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, KVCache
 from llmcourse.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
-from llmcourse.checks import check_choice, check_flag, check_int, check_real
+from llmcourse.checks import ArgumentError, check_choice, check_flag, check_int, check_real
 from llmcourse.embedding import TokenEmbedding
 from llmcourse.mlp import MoE, default_hidden, make_mlp
 from llmcourse.norm import LayerNorm, make_norm
 from llmcourse.position import LearnedPositions, RotaryEmbedding, SinusoidalPositions
+from llmcourse.sampling import SamplingSettings, next_token
 
 MLP_KINDS = ("relu", "gelu", "swiglu")
 NORM_KINDS = ("layernorm", "rmsnorm")
@@ -347,23 +348,20 @@ class GPT(nn.Module):
                  top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Sample `max_new_tokens` tokens after ids `(B, T)` -> `(B, T + max_new_tokens)` (call eval() first).
 
-        temperature 0 is greedy; top_k keeps the k likeliest tokens. The prompt is run once, then each
-        new token alone, reusing cached keys and values (chapter 11 covers decoding, 12 the cache).
+        temperature 0 is greedy; top_k keeps the k likeliest tokens (`llmcourse.sampling` has the
+        other levers). The prompt is run once, then each new token alone, reusing cached keys and
+        values (chapter 11 covers decoding, 12 the cache).
         """
-        if not 0 <= ids.shape[1] + max_new_tokens <= self.config.block_size or temperature < 0:
-            raise ValueError(f"need 0 <= {ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} <= "
-                             f"block_size={self.config.block_size} and temperature={temperature} >= 0")
+        settings = SamplingSettings(temperature=temperature, top_k=top_k)
+        check_int("max_new_tokens", max_new_tokens, 0)
+        if ids.shape[1] + max_new_tokens > self.config.block_size:
+            raise ArgumentError(f"{ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed "
+                                f"block_size={self.config.block_size}; shorten the prompt or ask for fewer tokens")
         cache = KVCache(self.config.n_layer)
         logits, _ = self(ids, kv_cache=cache)
         for step in range(max_new_tokens):
-            scores = logits[:, -1, :].float()  # (B, V): only the last position predicts a new token
-            if temperature == 0:
-                next_id = scores.argmax(dim=-1, keepdim=True)
-            else:
-                if top_k is not None:
-                    kth_best = torch.topk(scores, min(top_k, scores.shape[-1])).values[:, -1:]
-                    scores = scores.masked_fill(scores < kth_best, -math.inf)
-                next_id = torch.multinomial((scores / temperature).softmax(dim=-1), 1, generator=generator)
+            # (B, V): only the last position predicts a new token
+            next_id = next_token(logits[:, -1, :], ids, settings, generator)[:, None]
             ids = torch.cat([ids, next_id], dim=1)
             if step < max_new_tokens - 1:  # the last token needs no forward pass
                 logits, _ = self(next_id, kv_cache=cache)

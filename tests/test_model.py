@@ -412,7 +412,7 @@ def test_generate_sampling_is_repeatable_and_respects_top_k():
     assert torch.equal(first, second) and torch.equal(first[:, :2], prompt)
     top_1 = model.generate(prompt, 8, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(7))
     assert torch.equal(top_1, naive_greedy(model, prompt, 8))  # top_k=1 leaves only the argmax
-    with pytest.raises(ValueError, match=r"max_new_tokens=15 <= block_size=16"):
+    with pytest.raises(ValueError, match=r"max_new_tokens=15 exceed block_size=16"):
         model.generate(prompt, 15)
 
 

@@ -8,12 +8,12 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
+from llmcourse import sampling
 from llmcourse.bigram import CountingBigram, NeuralBigram, sample_bigram
 from llmcourse.checks import check_int, check_real
 from llmcourse.data.chars import CharVocab
 from llmcourse.plots import char_label, figure_to_png, next_token_bars
 from llmcourse.widgets.explorer import Explorer
-
 
 def bigram_table(model: CountingBigram | NeuralBigram | torch.Tensor, vocab_size: int) -> torch.Tensor:
     """The `(V, V)` next-character probabilities of a bigram model: row a is P(next | current = a).
@@ -42,7 +42,6 @@ def bigram_table(model: CountingBigram | NeuralBigram | torch.Tensor, vocab_size
         )
     return table
 
-
 def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Sharpen (T < 1) or flatten (T > 1) distributions over the last dimension: p^(1/T), renormalised.
 
@@ -54,9 +53,8 @@ def apply_temperature(probs: torch.Tensor, temperature: float) -> torch.Tensor:
         `(..., V)` probabilities, `softmax(log(probs) / T)`; zeros stay zero.
     """
     check_real("temperature", temperature, above=0, hint="use a small value such as 0.1 for near-greedy")
-    # Dividing log-probabilities by T is the same as dividing logits by T (the constant cancels).
-    return torch.softmax(torch.log(probs) / temperature, dim=-1)
-
+    # Log-probabilities are logits up to a constant, which softmax cancels.
+    return torch.softmax(sampling.apply_temperature(torch.log(probs), temperature), dim=-1)
 
 class NextCharExplorer(Explorer):
     """Type a context; see the bigram model's next-character distribution and a sampled continuation.
@@ -114,7 +112,6 @@ class NextCharExplorer(Explorer):
         ])
         self.refresh()
 
-
     def _on_resample(self, button: widgets.Button) -> None:
         self.seed += 1
         self.refresh()
@@ -161,7 +158,6 @@ class NextCharExplorer(Explorer):
         self.chart.value = b""
         self.sample_view.value = ""
         self.status.value = f'<span style="color: #b00">{message}</span>'
-
 
 # The name the book uses: building the explorer is just constructing it (display it in Jupyter).
 next_char_explorer = NextCharExplorer
