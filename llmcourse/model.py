@@ -345,14 +345,19 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, ids: Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None, *,
+                 settings: SamplingSettings | None = None) -> Tensor:
         """Sample `max_new_tokens` tokens after ids `(B, T)` -> `(B, T + max_new_tokens)` (call eval() first).
 
-        temperature 0 is greedy; top_k keeps the k likeliest tokens (`llmcourse.sampling` has the
-        other levers). The prompt is run once, then each new token alone, reusing cached keys and
-        values (chapter 11 covers decoding, 12 the cache).
+        temperature 0 is greedy; top_k keeps the k likeliest tokens; `settings` (instead of those
+        two) sets every lever of `llmcourse.sampling`. The prompt is run once, then each new token
+        alone, reusing cached keys and values (chapter 11 covers decoding, 12 the cache).
         """
-        settings = SamplingSettings(temperature=temperature, top_k=top_k)
+        if settings is None:
+            settings = SamplingSettings(temperature=temperature, top_k=top_k)
+        elif temperature != 1.0 or top_k is not None:
+            raise ArgumentError("give either settings or temperature/top_k, not both; "
+                                "put them in settings: SamplingSettings(temperature=..., top_k=...)")
         check_int("max_new_tokens", max_new_tokens, 0)
         if ids.shape[1] + max_new_tokens > self.config.block_size:
             raise ArgumentError(f"{ids.shape[1]} prompt tokens + max_new_tokens={max_new_tokens} exceed "
