@@ -17,6 +17,7 @@ input's dtype so the rest of the model keeps running in the precision it chose.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from llmcourse.checks import check_choice, check_int, check_real, check_shape
@@ -85,7 +86,9 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_shape("x", x, (..., self.dim), hint=_SAME_WIDTH)
-        return layer_norm(x, self.weight, self.bias, self.eps)
+        # PyTorch's fused kernel: the same function as `layer_norm` above (tested equal), several
+        # times faster, since it reads x once instead of once per step of the formula.
+        return F.layer_norm(x, (self.dim,), self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, bias={self.bias is not None}"

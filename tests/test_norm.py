@@ -54,6 +54,17 @@ def test_layer_norm_matches_torch(dtype, bias, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_norm_module_runs_the_written_out_function(dtype, bias):
+    """The module's fused kernel computes what the book's `layer_norm` writes out."""
+    module = LayerNorm(24, eps=1e-5, bias=bias).to(dtype)
+    randomise_parameters(module, torch.nn.LayerNorm(24, bias=bias).to(dtype))
+    x = random((4, 6, 24), seed=2, dtype=dtype, scale=3.0, shift=2.0)
+    expected = layer_norm(x, module.weight, module.bias, module.eps)
+    torch.testing.assert_close(module(x), expected, **tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(7,), (3, 5, 16), (2, 3, 4, 33)])
 def test_rms_norm_matches_torch(dtype, shape):
     dim = shape[-1]
