@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # only for the annotation; attention never needs position at 
 
 # An attention function takes q (B, H, Tq, D), k and v (B, H, Tk, D) and a causal flag and
 # returns (B, H, Tq, D). `attention_fast` is the default; a learner's own function can replace it.
+# Only a padded batch (chapter 12) also passes `mask=`, a bool (B, 1, Tq, Tk), True = allowed.
 AttentionFn = Callable[[Tensor, Tensor, Tensor, bool], Tensor]
 
 
@@ -76,6 +77,26 @@ def _with_causal(mask: Tensor | None, t_query: int, t_key: int, device: torch.de
     if mask.dtype == torch.bool:
         return mask & allowed
     return mask.masked_fill(~allowed, float("-inf"))
+
+
+def padding_mask(key_is_real: Tensor, t_query: int) -> Tensor:
+    """Which keys each query of a left-padded batch may see: `(B, Tk)` -> `(B, 1, Tq, Tk)` bool.
+
+    key_is_real: True for a real token, False for padding; the Tq queries are the last Tq keys.
+    A query may see every real key (the causal mask is and-ed in later) and, always, itself: a pad
+    query has only pad keys before it, and a row with every key blocked would be a softmax over
+    nothing (NaN). Attending to itself gives it a finite output that no real token ever reads.
+    """
+    check_shape("key_is_real", key_is_real, ("B", "Tk"), hint="the attention mask, True for real tokens")
+    if key_is_real.dtype != torch.bool:
+        raise ArgumentError(f"key_is_real must be a bool tensor (True = real token), got {key_is_real.dtype}; "
+                            "convert it with mask.bool()")
+    t_key = key_is_real.shape[-1]
+    check_int("t_query", t_query, 1, below=t_key + 1, hint="the queries are the last t_query keys")
+    keys = torch.arange(t_key, device=key_is_real.device)
+    queries = torch.arange(t_key - t_query, t_key, device=key_is_real.device)
+    itself = keys == queries[:, None]  # (Tq, Tk): query i sits at key position Tk - Tq + i
+    return key_is_real[:, None, None, :] | itself
 
 
 # ---------------------------------------------------------------- attention itself
@@ -228,6 +249,23 @@ class KVCache:
         self.keys = [None] * self.n_layers
         self.values = [None] * self.n_layers
 
+    def truncate(self, length: int) -> None:
+        """Forget every cached position from `length` on, in every layer (keep positions 0 .. length-1).
+
+        Used to roll back tokens that turned out wrong (speculative decoding rejects a draft's
+        tail); a length at or beyond what is cached changes nothing, 0 empties the cache.
+        """
+        check_int("length", length, 0, hint="the number of positions to keep")
+        for layer in range(self.n_layers):
+            keys, values = self.keys[layer], self.values[layer]
+            if keys is None or values is None:
+                continue
+            if length == 0:
+                self.keys[layer] = self.values[layer] = None
+            else:
+                # a slice is a view (no copy); the next update's cat makes a fresh tensor anyway
+                self.keys[layer], self.values[layer] = keys[..., :length, :], values[..., :length, :]
+
     @property
     def nbytes(self) -> int:
         """Memory held by the cached keys and values, in bytes."""
@@ -298,21 +336,33 @@ class CausalSelfAttention(nn.Module):
         self.rope = rope
         self.attention_fn: AttentionFn = attention_fast if attention_fn is None else attention_fn
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, *, positions: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
         """(B, T, C) -> (B, T, C). With `kv_cache`, x holds only the new tokens; they attend to
-        everything cached for this layer plus themselves, and their keys/values are appended."""
+        everything cached for this layer plus themselves, and their keys/values are appended.
+
+        For a left-padded batch (chapter 12): `positions` `(B, T)` are the new tokens' positions
+        for RoPE (None: the cache length onwards) and `attention_mask` `(B, T_past + T)` is True
+        for real tokens, so no token attends to padding (see `padding_mask`).
+        """
         check_shape("x", x, ("B", "T", self.n_embd), hint="add a batch dim with x.unsqueeze(0) if you have (T, C)")
         q = split_heads(self.q_proj(x), self.n_head)  # (B, H, T, D)
         k = split_heads(self.k_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
         v = split_heads(self.v_proj(x), self.n_kv_heads)  # (B, H_kv, T, D)
         start_pos = 0 if kv_cache is None else kv_cache.seq_len(self.layer_idx)
         if self.rope is not None:
-            q, k = self.rope(q, k, start_pos=start_pos)
+            q, k = self.rope(q, k, start_pos=start_pos, positions=positions)
         if kv_cache is not None:
             # the cache stores H_kv heads, not H: that is where GQA/MQA save memory
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, H_kv, start_pos + T, D)
         n_rep = self.n_head // self.n_kv_heads
-        out = self.attention_fn(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), True)  # causal
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
+        if attention_mask is None:  # no padding: training and single prompts keep the plain causal kernel
+            out = self.attention_fn(q, k, v, True)
+        else:
+            check_shape("attention_mask", attention_mask, (x.shape[0], k.shape[-2]),
+                        hint="(B, T_past + T): one flag per cached and new token, True = real")
+            out = self.attention_fn(q, k, v, True, mask=padding_mask(attention_mask, q.shape[-2]))
         return self.dropout(self.out_proj(merge_heads(out)))
 
     def extra_repr(self) -> str:

@@ -6,6 +6,8 @@
     python -m llmcourse course grade   ASSIGNMENT [--student S ...] [--timeout S] [--memory GB]
     python -m llmcourse pretrain --config cpu-tiny [key=value ...] [--resume]
     python -m llmcourse sample   --checkpoint PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--greedy]
+                                 [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT ...]
+                                 [--num-samples N] [--seed S] [--stream | --no-stream]
 
 Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
 """
@@ -19,8 +21,12 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmcourse import course
+
+if TYPE_CHECKING:  # imported late at run time: it starts torch, which `course` commands do not need
+    from llmcourse.sampling import SamplingSettings
 
 
 def _positive_float(text: str) -> float:
@@ -117,7 +123,21 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--temperature", type=_positive_float, default=0.8, metavar="T",
                         help="default: %(default)s")
     sample.add_argument("--greedy", action="store_true", help="always take the likeliest token (temperature 0)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed for sampling (default: %(default)s)")
+    sample.add_argument("--top-k", type=int, metavar="K", help="keep only the K likeliest tokens (default: all)")
+    sample.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                        help="keep the likeliest tokens until their probability reaches P (default: %(default)s)")
+    sample.add_argument("--min-p", type=float, default=0.0, metavar="P",
+                        help="keep tokens at least P times as likely as the likeliest (default: %(default)s)")
+    sample.add_argument("--repetition-penalty", type=float, default=1.0, metavar="R",
+                        help="make tokens already written less likely, R > 1 (default: %(default)s, none)")
+    sample.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                        help="end a sample where this text appears (not printed); repeat it for several")
+    sample.add_argument("--num-samples", type=int, default=1, metavar="N",
+                        help="write N samples of the prompt, as one batch (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0,
+                        help="random seed: sample i uses SEED + i (default: %(default)s)")
+    sample.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                        help="print the text as it is written (default: on when printing to a terminal)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,17 +239,61 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    import torch
+    """Bad values are a one-line error with exit status 2, like argparse's own."""
+    from llmcourse.checks import ArgumentError
 
-    from llmcourse.runs import generate_text, load_model
+    try:
+        return _write_samples(args)
+    except ArgumentError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
-    if args.max_new_tokens < 1:
-        raise ValueError(f"--max-new-tokens {args.max_new_tokens} must be at least 1")
+
+# The sample flags that set a SamplingSettings field, so an error about the field names the flag.
+_SETTING_FLAGS = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+                  "repetition_penalty": "--repetition-penalty"}
+
+
+def _sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    from llmcourse.checks import ArgumentError
+    from llmcourse.sampling import SamplingSettings
+
+    try:
+        return SamplingSettings(temperature=0.0 if args.greedy else args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty)
+    except ArgumentError as error:  # "top_p=1.5 must be ..." -> "--top-p 1.5 must be ..."
+        field, _, rest = str(error).partition("=")
+        raise ArgumentError(f"{_SETTING_FLAGS.get(field, field)} {rest}") from None
+
+
+def _write_samples(args: argparse.Namespace) -> int:
+    from llmcourse.checks import ArgumentError, check_int
+    from llmcourse.generate import generate, stream
+    from llmcourse.runs import load_model
+
+    settings = _sampling_settings(args)
+    check_int("--max-new-tokens", args.max_new_tokens, 1, hint="the number of tokens to write")
+    check_int("--num-samples", args.num_samples, 1, hint="the number of samples to write")
+    check_int("--seed", args.seed, 0, hint="any integer >= 0; the same seed writes the same text")
+    if "" in args.stop:
+        raise ArgumentError("--stop '' would stop before the first character; give a non-empty text")
+    streaming = sys.stdout.isatty() and args.num_samples == 1 if args.stream is None else args.stream
+    if streaming and args.num_samples > 1:
+        raise ArgumentError(f"--stream prints one sample as it is written, not --num-samples {args.num_samples}; "
+                            "use --no-stream, or --num-samples 1")
     model, tokenizer = load_model(args.checkpoint)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(args.seed)
-    text = generate_text(model, tokenizer, args.prompt, args.max_new_tokens,
-                         0.0 if args.greedy else args.temperature, generator=generator)
-    print(args.prompt + text)
+    request = dict(settings=settings, stop=args.stop, seed=args.seed)
+    if streaming:
+        print(args.prompt, end="", flush=True)
+        for piece in stream(model, tokenizer, args.prompt, args.max_new_tokens, **request):
+            print(piece, end="", flush=True)
+        print()
+        return 0
+    completions = generate(model, tokenizer, [args.prompt] * args.num_samples, args.max_new_tokens, **request)
+    for number, completion in enumerate(completions, 1):
+        if args.num_samples > 1:
+            print(f"--- sample {number} of {args.num_samples} ---")
+        print(args.prompt + completion.text)
     return 0
 
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from llmcourse.attention import CausalSelfAttention, KVCache
 from llmcourse.checkpoint import CheckpointError, load_checkpoint, make_checkpoint, save_checkpoint
-from llmcourse.checks import ArgumentError, check_choice, check_flag, check_int, check_real
+from llmcourse.checks import ArgumentError, check_choice, check_flag, check_int, check_real, check_shape
 from llmcourse.embedding import TokenEmbedding
 from llmcourse.mlp import MoE, default_hidden, make_mlp
 from llmcourse.norm import LayerNorm, make_norm
@@ -233,8 +233,9 @@ class Block(nn.Module):
         self.norm2 = make_norm_layer(config.n_embd)
         self.mlp = (mlp_cls or default_mlp)(config)
 
-    def forward(self, x: Tensor, kv_cache: KVCache | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), kv_cache=kv_cache)
+    def forward(self, x: Tensor, kv_cache: KVCache | None = None, *, positions: Tensor | None = None,
+                attention_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), kv_cache=kv_cache, positions=positions, attention_mask=attention_mask)
         x = x + self.mlp(self.norm2(x))
         return x
 
@@ -294,7 +295,8 @@ class GPT(nn.Module):
                 nn.init.zeros_(param)
 
     def forward(
-        self, ids: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None
+        self, ids: Tensor, targets: Tensor | None = None, kv_cache: KVCache | None = None, *,
+        positions: Tensor | None = None, attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits `(B, T, V)` for the token after each position, and the loss if `targets` is given.
 
@@ -303,18 +305,25 @@ class GPT(nn.Module):
         kv_cache: a `KVCache(n_layer)`; the ids then continue the cached sequence, at positions
         `kv_cache.length ...`. A Mixture of Experts model also sets `self.aux_loss` (the mean
         load-balancing loss over layers; 0 for a dense model), which training adds to the loss.
+
+        A left-padded batch (chapter 12) gives `positions` `(B, T)`, each token's position in its
+        own row (None: `kv_cache.length ...` for every row), and `attention_mask` `(B, T_past + T)`,
+        True for real tokens (None: all real), so each row computes what it would alone.
         """
         start = self._check_input(ids, kv_cache)
         if targets is not None and targets.shape != ids.shape:
             raise ValueError(f"targets {tuple(targets.shape)} must have the shape of ids {tuple(ids.shape)}: "
                              "one next-token id per position (-100 to ignore it)")
+        if positions is not None:
+            check_shape("positions", positions, tuple(ids.shape), hint="one position per token of ids")
         x = self.tok_emb(ids)  # (B, T, C)
         if self.pos_emb is not None:
-            positions = torch.arange(start, start + ids.shape[1], device=ids.device)
-            x = x + self.pos_emb(positions)  # (T, C) broadcasts over the batch
+            # without per-row positions every row continues at `start`: (T,) broadcasts over the batch
+            where = torch.arange(start, start + ids.shape[1], device=ids.device) if positions is None else positions
+            x = x + self.pos_emb(where)
         x = self.drop(x)
-        for block in self.blocks:
-            x = block(x, kv_cache=kv_cache)
+        for block in self.blocks:  # RoPE reads the positions inside attention
+            x = block(x, kv_cache=kv_cache, positions=positions, attention_mask=attention_mask)
         logits = self.lm_head(self.norm_f(x))  # (B, T, V)
         self.aux_loss = self._aux_loss(device=logits.device)
         loss = None

@@ -203,15 +203,21 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
-    def forward(self, q: Tensor, k: Tensor, start_pos: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, q: Tensor, k: Tensor, start_pos: int = 0, *,
+                positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Rotate q `(B, H, T, D)` and k `(B, H_kv, T, D)` as tokens at positions start_pos .. start_pos + T - 1.
 
         With a KV cache, `start_pos` is the number of tokens already cached, so a new token gets
-        the same rotation it would have had in a full forward pass.
+        the same rotation it would have had in a full forward pass. `positions` (integers, `(T,)`
+        or `(B, T)`) gives each token its own position instead: in a left-padded batch each row
+        counts from its own first real token (see `llmcourse.generate.padded_positions`).
         """
         check_shape("q", q, (..., "T", self.head_dim), hint="D is the head_dim this RotaryEmbedding was built for")
         check_shape("k", k, (..., q.shape[-2], self.head_dim), hint="the same T new tokens as q: rotate keys "
                     "before appending them to the cache")
+        if positions is not None:
+            cos, sin = self._cos_sin_at(positions, q.shape[-2])
+            return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         check_int("start_pos", start_pos, 0, hint="the number of tokens already in the KV cache")
         end = start_pos + q.shape[-2]
         if end > self.max_seq_len:
@@ -219,6 +225,16 @@ class RotaryEmbedding(nn.Module):
                                 f"build RotaryEmbedding with max_seq_len >= {end} (or shorten the input)")
         cos, sin = self.cos[start_pos:end], self.sin[start_pos:end]  # (T, D)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    def _cos_sin_at(self, positions: Tensor, t: int) -> tuple[Tensor, Tensor]:
+        """The table rows of `positions` `(T,)` -> `(T, D)`, or `(B, T)` -> `(B, 1, T, D)` (one angle for every head)."""
+        check_shape("positions", positions, (..., t), hint="one position per new token, (T,) or (B, T)")
+        check_id_range("positions", positions, self.max_seq_len,
+                       hint=f"build RotaryEmbedding with a larger max_seq_len (now {self.max_seq_len})")
+        cos, sin = self.cos[positions], self.sin[positions]
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        return cos, sin
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_seq_len={self.max_seq_len}, base={self.base:g}, scale={self.scale:g}"

@@ -19,6 +19,7 @@ from llmcourse.attention import (
     causal_mask,
     kv_cache_bytes,
     merge_heads,
+    padding_mask,
     repeat_kv,
     split_heads,
 )
@@ -414,6 +415,53 @@ def test_cached_decoding_with_reference_fn():
     torch.testing.assert_close(run_in_chunks(attention, x, [3, 1, 1, 2]), attention(x), rtol=1e-5, atol=1e-6)
 
 
+def masked_reference_fn(q, k, v, causal, mask=None):
+    return attention_reference(q, k, v, mask, causal=causal)[0]
+
+
+def test_padding_mask_allows_real_keys_and_each_query_itself():
+    key_is_real = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    mask = padding_mask(key_is_real, 3)  # queries at key positions 1, 2, 3
+    assert mask.shape == (2, 1, 3, 4)
+    assert mask[0, 0].tolist() == [[False, True, True, True],  # a pad query: only itself (and real keys)
+                                   [False, False, True, True],
+                                   [False, False, True, True]]
+    assert mask[1].all()
+    with pytest.raises(ValueError, match="key_is_real must be a bool tensor"):
+        padding_mask(key_is_real.long(), 3)
+    with pytest.raises(ValueError, match=r"t_query=5 must be an integer in \[1, 5\)"):
+        padding_mask(key_is_real, 5)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+@pytest.mark.parametrize("n_kv_heads", [None, 1])
+@pytest.mark.parametrize("attention_fn", [None, masked_reference_fn], ids=["fast", "reference"])
+def test_left_padded_row_computes_what_it_computes_alone(use_rope, n_kv_heads, attention_fn):
+    """Row 0 is 3 pads then 4 real tokens at positions 0..3; its real outputs equal the 4 tokens alone,
+    prefill and then one cached step; the pad queries give finite numbers."""
+    rope = RotaryEmbedding(4, 32) if use_rope else None
+    attention = make_attention(16, 4, n_kv_heads, rope=rope, attention_fn=attention_fn, dtype=torch.float64)
+    x = randn(2, 8, 16, seed=4, dtype=torch.float64)
+    mask = torch.tensor([[False] * 3 + [True] * 5, [True] * 8])
+    positions = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4], list(range(8))])
+    cache = KVCache(1)
+    prefill = attention(x[:, :7], kv_cache=cache, positions=positions[:, :7], attention_mask=mask[:, :7])
+    step = attention(x[:, 7:], kv_cache=cache, positions=positions[:, 7:], attention_mask=mask)
+    padded = torch.cat([prefill, step], dim=1)
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded[:1, 3:], attention(x[:1, 3:]), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(padded[1:], attention(x[1:]), rtol=1e-10, atol=1e-12)
+
+
+def test_an_all_true_mask_is_the_plain_causal_path():
+    attention = make_attention(16, 4, 2, rope=RotaryEmbedding(4, 32))
+    x = randn(2, 5, 16)
+    out = attention(x, attention_mask=torch.ones(2, 5, dtype=torch.bool))
+    torch.testing.assert_close(out, attention(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"attention_mask must be a tensor of shape \(2, 5\)"):
+        attention(x, attention_mask=torch.ones(2, 4, dtype=torch.bool))
+
+
 def test_kv_cache_bookkeeping():
     cache = KVCache(2)
     assert cache.length == 0 and cache.nbytes == 0
@@ -426,6 +474,35 @@ def test_kv_cache_bookkeeping():
     assert cache.nbytes == kv_cache_bytes(2, 2, 4, 4, batch_size=1, bytes_per_element=4)
     cache.reset()
     assert cache.length == 0 and cache.seq_len(1) == 0
+
+
+def test_kv_cache_truncate_forgets_the_tail_in_every_layer():
+    cache = KVCache(2)
+    k, v = randn(1, 2, 5, 4), randn(1, 2, 5, 4, seed=1)
+    cache.update(0, k, v)
+    cache.update(1, v, k)
+    cache.truncate(3)
+    assert cache.length == 3 and cache.seq_len(1) == 3
+    assert torch.equal(cache.keys[0], k[..., :3, :]) and torch.equal(cache.values[1], k[..., :3, :])
+    cache.truncate(7)  # beyond what is cached: nothing to forget
+    assert cache.length == 3
+    cache.truncate(0)
+    assert cache.length == 0 and cache.nbytes == 0
+    with pytest.raises(ValueError, match="length=-1 must be an integer >= 0"):
+        cache.truncate(-1)
+
+
+@pytest.mark.parametrize("use_rope", [False, True])
+def test_truncate_then_decode_equals_never_having_seen_the_tail(use_rope):
+    """Speculative decoding's roll-back: feed 6 tokens, keep 4, feed 2 others = feed the 6 new ones."""
+    attention = make_attention(16, 4, 2, rope=RotaryEmbedding(4, 32) if use_rope else None)
+    x, other = randn(1, 6, 16), randn(1, 2, 16, seed=3)
+    cache = KVCache(1)
+    attention(x, kv_cache=cache)
+    cache.truncate(4)
+    out = attention(other, kv_cache=cache)
+    expected = attention(torch.cat([x[:, :4], other], dim=1))[:, 4:]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_kv_cache_errors():

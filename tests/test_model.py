@@ -388,6 +388,35 @@ def test_kv_cache_incremental_forward_equals_full_forward(position, n_kv_heads):
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("position", POSITIONS)
+def test_left_padded_rows_give_the_logits_they_give_alone(position):
+    """Row 0: 4 pads then 6 real tokens; with positions and the mask its real logits equal the 6
+    tokens alone, through a prefill and two cached steps; the pad rows' logits are finite."""
+    model = tiny_model(position=position, n_kv_heads=2).double()
+    ids = random_ids(2, 12)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[0, :4] = False
+    positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    cache = KVCache(model.config.n_layer)
+    pieces = [model(ids[:, :10], kv_cache=cache, positions=positions[:, :10], attention_mask=mask[:, :10])[0]]
+    for t in (10, 11):
+        pieces.append(model(ids[:, t:t + 1], kv_cache=cache, positions=positions[:, t:t + 1],
+                            attention_mask=mask[:, :t + 1])[0])
+    padded = torch.cat(pieces, dim=1)
+    assert torch.isfinite(padded).all()
+    torch.testing.assert_close(padded[:1, 4:], model(ids[:1, 4:])[0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(padded[1:], model(ids[1:])[0], rtol=1e-9, atol=1e-10)
+
+
+def test_positions_and_mask_are_checked():
+    model = tiny_model()
+    ids = random_ids(2, 5)
+    with pytest.raises(ValueError, match=r"positions must be a tensor of shape \(2, 5\)"):
+        model(ids, positions=torch.arange(5))
+    with pytest.raises(ValueError, match=r"attention_mask must be a tensor of shape \(2, 5\)"):
+        model(ids, attention_mask=torch.ones(2, 6, dtype=torch.bool))
+
+
 def naive_greedy(model: GPT, ids: torch.Tensor, steps: int) -> torch.Tensor:
     """Greedy decoding without a cache: the whole sequence through the model at every step."""
     for _ in range(steps):

@@ -226,6 +226,31 @@ def test_rotary_start_pos_equals_slice_of_full_sequence(start_pos, seq_len):
     torch.testing.assert_close(k_part, k_full[:, :, window])
 
 
+def test_rotary_per_row_positions_rotate_each_row_as_its_own_sequence():
+    """Row 0 at positions 3..5 (as if left-padded by 3), row 1 at 0..2: each equals start_pos alone."""
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=16)
+    q, k = randn(2, 4, 3, 8, seed=13), randn(2, 2, 3, 8, seed=14)
+    positions = torch.tensor([[3, 4, 5], [0, 1, 2]])
+    q_rot, k_rot = rope(q, k, positions=positions)
+    for row, start in enumerate([3, 0]):
+        q_alone, k_alone = rope(q[row:row + 1], k[row:row + 1], start_pos=start)
+        torch.testing.assert_close(q_rot[row:row + 1], q_alone, rtol=0, atol=0)
+        torch.testing.assert_close(k_rot[row:row + 1], k_alone, rtol=0, atol=0)
+    # (T,) positions are shared by every row, like start_pos
+    assert torch.equal(rope(q, k, positions=torch.arange(2, 5))[0], rope(q, k, start_pos=2)[0])
+
+
+def test_rotary_per_row_positions_errors():
+    rope = RotaryEmbedding(head_dim=8, max_seq_len=10)
+    q = k = torch.zeros(2, 1, 3, 8)
+    with pytest.raises(ValueError, match=r"positions: 10 at index \(1, 2\) is outside \[0, 10\); build Rotary"):
+        rope(q, k, positions=torch.tensor([[0, 1, 2], [8, 9, 10]]))
+    with pytest.raises(ValueError, match=r"positions must be a tensor of shape \(\.\.\., 3\)"):
+        rope(q, k, positions=torch.tensor([[0, 1], [0, 1]]))
+    with pytest.raises(TypeError, match="positions must hold integers"):
+        rope(q, k, positions=torch.zeros(2, 3))
+
+
 def test_rotary_matches_functional_form_and_keeps_no_state():
     rope = RotaryEmbedding(head_dim=8, max_seq_len=32, base=500.0)
     q, k = randn(1, 2, 32, 8, seed=7), randn(1, 2, 32, 8, seed=8)
