@@ -46,6 +46,7 @@ __all__ = [
     "SamplingSettings",
     "apply_temperature",
     "beam_search",
+    "distinct_n",
     "find_stop",
     "frequency_presence_penalty",
     "logit_bias",
@@ -53,6 +54,7 @@ __all__ = [
     "next_token",
     "no_repeat_ngram",
     "process",
+    "repeated_ngram_rate",
     "repetition_penalty",
     "sample",
     "stop_holdback",
@@ -114,7 +116,7 @@ def top_p_filter(logits: Tensor, p: float, min_tokens_to_keep: int = 1) -> Tenso
     probs = torch.softmax(logits.float(), dim=-1)
     sorted_probs = probs.sort(dim=-1, descending=True).values
     mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # the mass of the likelier tokens
-    n_kept = (mass_before < p).sum(dim=-1, keepdim=True).clamp(min=min_tokens_to_keep)
+    n_kept = (mass_before < p).sum(dim=-1, keepdim=True).clamp(min=min_tokens_to_keep, max=logits.shape[-1])
     smallest_kept = sorted_probs.gather(-1, n_kept - 1)
     return logits.masked_fill(probs < smallest_kept, -math.inf)
 
@@ -345,3 +347,38 @@ def _cannot_improve(finished: list[Hypothesis], live_scores: list[float], num_be
         return False
     best_possible = max(live_scores) / max_new_tokens ** length_penalty
     return finished[-1].score >= best_possible
+
+
+# ---------------------------------------------------------------------------------- diagnostics
+
+
+def _as_sequence(ids: Sequence[int] | Tensor) -> list:
+    if isinstance(ids, Tensor):
+        if ids.dim() != 1:
+            raise ArgumentError(f"ids must be one sequence (T,), got shape {tuple(ids.shape)}; "
+                                "pass one row at a time")
+        return ids.tolist()
+    return list(ids)
+
+
+def repeated_ngram_rate(ids: Sequence[int] | Tensor, n: int) -> float:
+    """The fraction of the n-grams of one sequence `(T,)` that already occurred earlier in it:
+    0 for text that never repeats itself, close to 1 for a loop. No n-gram at all gives 0."""
+    n = check_int("n", n, 1, hint="the n-gram size, e.g. 4")
+    tokens = _as_sequence(ids)
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1 - len(set(grams)) / len(grams)
+
+
+def distinct_n(sequences: Sequence[Sequence[int] | Tensor | str], n: int) -> float:
+    """Distinct n-grams divided by all n-grams, pooled over `sequences` (distinct-n, Li et al.
+    2016): near 1 when the samples never repeat each other or themselves, small when they do.
+    A string is split into words; a sequence of ids is used as it is. No n-gram at all gives 0."""
+    n = check_int("n", n, 1, hint="the n-gram size, e.g. 2")
+    grams = []
+    for sequence in sequences:
+        tokens = sequence.split() if isinstance(sequence, str) else _as_sequence(sequence)
+        grams += [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0

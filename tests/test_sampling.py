@@ -55,6 +55,14 @@ def test_top_p_matches_transformers_without_ties(logits, p, min_keep):
     same_mask(sampling.top_p_filter(logits, p, min_tokens_to_keep=min_keep), theirs)
 
 
+def test_min_tokens_to_keep_beyond_the_vocabulary_keeps_everything():
+    logits = random_logits(0)
+    for out in (sampling.top_k_filter(logits, 3, min_tokens_to_keep=55),
+                sampling.top_p_filter(logits, 0.5, min_tokens_to_keep=55),
+                sampling.min_p_filter(logits, 0.5, min_tokens_to_keep=55)):
+        assert torch.equal(out, logits)
+
+
 def test_top_p_keeps_the_crossing_token_and_every_tie():
     logits = torch.tensor([[2.0, 1.0, 1.0, 0.0]]).log_softmax(-1)
     probs = logits.softmax(-1)[0]
@@ -283,3 +291,55 @@ def test_one_beam_is_greedy_and_more_beams_never_score_worse():
     assert one[0].tokens == tuple(ids[0, 2:].tolist())
     scores = [sampling.beam_search(model, prompt, beams, 6)[0].score for beams in (1, 2, 4, 8)]
     assert scores == sorted(scores)
+
+
+# ---------------------------------------------------------------------------------- diagnostics
+
+
+def repeated_ngram_rate_by_loop(tokens, n):
+    """Written out: walk the n-grams in order and count those seen before."""
+    seen, repeats, total = set(), 0, 0
+    for start in range(len(tokens) - n + 1):
+        gram = tuple(tokens[start:start + n])
+        repeats += gram in seen
+        total += 1
+        seen.add(gram)
+    return repeats / total if total else 0.0
+
+
+def distinct_n_by_loop(sequences, n):
+    distinct, total = set(), 0
+    for tokens in sequences:
+        for start in range(len(tokens) - n + 1):
+            distinct.add(tuple(tokens[start:start + n]))
+            total += 1
+    return len(distinct) / total if total else 0.0
+
+
+@given(st.lists(st.integers(0, 4), max_size=40), st.integers(1, 5))
+@settings(max_examples=200, deadline=None)
+def test_repeated_ngram_rate_matches_a_loop(tokens, n):
+    assert sampling.repeated_ngram_rate(tokens, n) == pytest.approx(repeated_ngram_rate_by_loop(tokens, n))
+    assert sampling.repeated_ngram_rate(torch.tensor(tokens, dtype=torch.long), n) == pytest.approx(
+        repeated_ngram_rate_by_loop(tokens, n))
+
+
+def test_repeated_ngram_rate_of_a_loop_and_of_fresh_text():
+    assert sampling.repeated_ngram_rate([1, 2, 3] * 10, 3) == pytest.approx(25 / 28)  # 28 trigrams, 3 of them new
+    assert sampling.repeated_ngram_rate(list(range(30)), 2) == 0.0
+    assert sampling.repeated_ngram_rate([1, 2], 4) == 0.0
+    with pytest.raises(ArgumentError, match="one sequence"):
+        sampling.repeated_ngram_rate(torch.zeros(2, 5, dtype=torch.long), 2)
+
+
+@given(st.lists(st.lists(st.integers(0, 3), max_size=12), max_size=5), st.integers(1, 4))
+@settings(max_examples=200, deadline=None)
+def test_distinct_n_matches_a_loop(sequences, n):
+    assert sampling.distinct_n(sequences, n) == pytest.approx(distinct_n_by_loop(sequences, n))
+
+
+def test_distinct_n_splits_text_into_words_and_pools_samples():
+    assert sampling.distinct_n(["the cat sat", "the cat ran"], 2) == pytest.approx(3 / 4)
+    assert sampling.distinct_n(["a b a b"], 1) == pytest.approx(2 / 4)
+    assert sampling.distinct_n([torch.tensor([5, 6, 5, 6])], 2) == pytest.approx(2 / 3)
+    assert sampling.distinct_n([], 2) == 0.0 and sampling.distinct_n(["one"], 2) == 0.0
