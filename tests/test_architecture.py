@@ -80,6 +80,13 @@ CHAPTERS: dict[str, int | str] = {
     "data/download": 10,
     "data/prepare": 10,
     "widgets/pretraining": 10,
+    # 11 decoding
+    "widgets/decoding": 11,
+    # 12 inference
+    "generate": 12,
+    # 12 inference
+    "speculative": 12,
+    "widgets/inference": 12,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,
