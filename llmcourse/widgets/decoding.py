@@ -50,11 +50,11 @@ def distribution_figure(logits: torch.Tensor, settings: SamplingSettings, labels
     original = torch.softmax(logits.float(), dim=-1)
     processed = torch.softmax(process(logits[None], None, settings)[0], dim=-1)
     order = original.argsort(descending=True, stable=True)[:bars]
-    x = torch.arange(len(order)).float()
+    x = torch.arange(len(order)).float().numpy()  # matplotlib wants arrays, not tensors
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
-    ax.bar(x - 0.2, original[order], width=0.4, color="0.75", label="the model (T = 1)")
-    ax.bar(x + 0.2, processed[order], width=0.4, color=BAR_COLOR, label="after the settings")
+    ax.bar(x - 0.2, original[order].numpy(), width=0.4, color="0.75", label="the model (T = 1)")
+    ax.bar(x + 0.2, processed[order].numpy(), width=0.4, color=BAR_COLOR, label="after the settings")
     ax.set_xticks(x.tolist(), [char_label(labels[i]) for i in order.tolist()], rotation=45, ha="right")
     ax.set_ylabel("probability")
     ax.set_ylim(0, 1.05 * max(float(original[order].max()), float(processed.max())))
