@@ -535,3 +535,27 @@ def test_bf16_autocast_on_gpu_matches_float32(position):
     assert abs(loss16.item() - loss32.item()) < 0.05
     loss16.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ------------------------------------------------------------------------- memory layout
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_input_major_weights_change_the_layout_not_the_model(tie, tmp_path):
+    model, relaid = tiny_model(tie_weights=tie), tiny_model(tie_weights=tie).input_major_weights_()
+    linears = [m for m in relaid.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(m.weight.stride() == (1, m.weight.shape[0]) for m in linears)
+    before, after = model.state_dict(), relaid.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    ids = random_ids(2, 10)
+    torch.testing.assert_close(relaid(ids)[0], model(ids)[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(relaid.generate(ids, 5, temperature=0), model.generate(ids, 5, temperature=0))
+    relaid.save(tmp_path / "relaid.pt")  # a checkpoint does not care about the layout
+    assert torch.equal(GPT.load(tmp_path / "relaid.pt")(ids)[0], relaid(ids)[0])
+    # and it still trains: the same gradients as the usual layout
+    targets = random_ids(2, 10, seed=2)
+    for m in (model, relaid):
+        m.train()
+        m(ids, targets)[1].backward()
+    for (name, p), q in zip(model.named_parameters(), relaid.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

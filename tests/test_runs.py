@@ -64,6 +64,8 @@ def test_the_recorded_weights_predict_unseen_tinyworld_text():
         _, loss = model(windows[:, :-1], windows[:, 1:])
     recorded = [record["val_loss"] for record in read_metrics(RUNS / "cpu-tiny") if "val_loss" in record][-1]
     assert abs(loss.item() - recorded) < 0.1
+    # loaded for decoding on the CPU: input-major weights (the same values)
+    assert model.blocks[0].mlp.fc_in.weight.stride() == (1, model.blocks[0].mlp.fc_in.weight.shape[0])
 
 
 def test_the_scaling_runs_share_data_and_steps_and_differ_in_size():
