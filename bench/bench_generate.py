@@ -29,25 +29,13 @@ from llmcourse.sampling import SamplingSettings
 from llmcourse.speculative import speculative_generate
 from llmcourse.train_config import CONFIGS
 
+from timing import alternate  # bench/timing.py (python puts the script's folder on sys.path)
+
 GREEDY = SamplingSettings(temperature=0)
 GPT2_SMALL = {"vocab_size": 50257, "block_size": 1024, "n_layer": 12, "n_head": 12, "n_embd": 768}
 
 
-# ---------------------------------------------------------------------------------- timing
-
-
-def alternate(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Each run's best wall time in seconds over `repeats` rounds that take turns (one warm-up
-    each first), so a burst of load from elsewhere hits both sides of a comparison alike."""
-    for run in runs.values():
-        run()
-    best = {name: float("inf") for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+# ---------------------------------------------------------------------------------- models and prompts
 
 
 def seeded(config: GPTConfig, seed: int = 0) -> GPT:

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from llmcourse.checks import ArgumentError, check_int, check_shape
 from llmcourse.model import GPT
-from llmcourse.sampling import SamplingSettings, find_stop, next_token, stop_holdback
+from llmcourse.sampling import SamplingSettings, find_stop, next_token, process, sample, stop_holdback
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 
 __all__ = ["FINISH_REASONS", "Completion", "StaticKVCache", "generate", "left_pad", "padded_positions", "stream"]
@@ -194,7 +194,7 @@ class _Row:
             self.finish_reason = "eos"
             return
         self.data += tokenizer.token_bytes(token)
-        if find_stop(_utf8(self.data, final=False), self.stop) is not None:
+        if self.stop and find_stop(_utf8(self.data, final=False), self.stop) is not None:
             self.finish_reason = "stop"
         elif len(self.token_ids) == max_new_tokens:
             self.finish_reason = "length"
@@ -226,13 +226,13 @@ def _next_tokens(logits: Tensor, history: Tensor, settings: SamplingSettings,
                  generators: list[torch.Generator] | None) -> Tensor:
     """The next token of each row: logits `(B, V)`, earlier ids `(B, T)` (-1 = padding) -> `(B,)`.
 
-    With generators, row i draws from `generators[i]` alone, so its draws do not depend on the
-    other rows; greedy decoding draws nothing and runs as one batch.
+    The levers run once for the whole batch; with generators, row i then draws from
+    `generators[i]` alone, so its draws do not depend on the other rows. Greedy draws nothing.
     """
     if generators is None or settings.greedy:
         return next_token(logits, history, settings)
-    return torch.cat([next_token(logits[row, None], history[row, None], settings, generator)
-                      for row, generator in enumerate(generators)])
+    processed = process(logits, history, settings)
+    return torch.cat([sample(processed[row, None], generator) for row, generator in enumerate(generators)])
 
 
 def _check_fits(prompts: list[list[int]], max_new_tokens: int, block_size: int) -> None:
