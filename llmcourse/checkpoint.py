@@ -16,6 +16,7 @@ and, in a training run's checkpoint, the run's state (what resuming needs; all o
     losses        one float per step
     optimizer     the optimizer's `state_dict()`
     rng           every random state: Python's, numpy's, torch's, CUDA's and the batch generator's
+    lora          a LoRA fine-tuning run's adapters (chapter 13; `model` then holds the merged weights)
 
 `GPT.save` writes the first five keys; `Trainer.save_checkpoint` all of them; `save_weights` a
 run's checkpoint without `losses`, `optimizer` and `rng`, which is enough to sample, not to resume.
@@ -55,7 +56,7 @@ VERSION = 1
 CHECKPOINT_NAME = "ckpt.pt"  # a training run's checkpoint, in its out_dir
 WEIGHTS_NAME = "model.pt"  # a run's exported weights (`save_weights`)
 REQUIRED = ("model_config", "model", "tokenizer")
-RUN_STATE = ("config", "step", "losses", "optimizer", "rng")
+RUN_STATE = ("config", "step", "losses", "optimizer", "rng", "lora")
 
 
 class CheckpointError(ValueError):

@@ -8,6 +8,11 @@
     python -m llmcourse sample   --checkpoint PATH --prompt TEXT [--max-new-tokens N] [--temperature T] [--greedy]
                                  [--top-k K] [--top-p P] [--min-p P] [--repetition-penalty R] [--stop TEXT ...]
                                  [--num-samples N] [--seed S] [--stream | --no-stream]
+    python -m llmcourse finetune --config cpu-sft [key=value ...] [--lora] [--resume]
+    python -m llmcourse dpo      --config cpu-dpo [key=value ...] [--resume]
+    python -m llmcourse grpo     --config cpu-grpo [key=value ...] [--resume]
+    python -m llmcourse chat     --checkpoint PATH [--message TEXT] [--system TEXT] [--temperature T]
+                                 [--max-new-tokens N] [--seed S]
 
 Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
 """
@@ -140,6 +145,48 @@ def _add_training_commands(commands: argparse._SubParsersAction) -> None:
                         help="print the text as it is written (default: on when printing to a terminal)")
 
 
+def _add_finetune_commands(commands: argparse._SubParsersAction) -> None:
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a pretrained model into an assistant (chapter 13)",
+        description="Supervised fine-tuning on TinyWorld chats, starting from init_from (default: the "
+        "book's cpu-tiny weights), writing checkpoints, metrics.jsonl and, at the end, model.pt (what "
+        "`chat` loads) to out_dir. Named configs: cpu-sft (every weight), cpu-lora (LoRA adapters).",
+    )
+    finetune.add_argument("--config", default="cpu-sft", metavar="NAME", help="a named config (default: %(default)s)")
+    finetune.add_argument("overrides", nargs="*", metavar="key=value",
+                          help="change a setting, e.g. max_steps=100 lora_rank=4 init_from=runs/x/ckpt.pt")
+    finetune.add_argument("--lora", action="store_true",
+                          help="train LoRA adapters only (lora_rank=8 unless the config or an override sets one)")
+    finetune.add_argument("--resume", action="store_true", help="carry on from out_dir/ckpt.pt")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    for method, what in (("dpo", "direct preference optimisation on TinyWorld preference pairs"),
+                         ("grpo", "GRPO: reinforcement learning with rewards a program checks")):
+        command = commands.add_parser(
+            method, help=f"{what} (chapter 14)",
+            description=f"{what.capitalize()}, starting from init_from (default: the book's cpu-sft weights); "
+            f"writes checkpoints, metrics.jsonl and model.pt to out_dir. Named config: cpu-{method}.",
+        )
+        command.add_argument("--config", default=f"cpu-{method}", metavar="NAME", help="default: %(default)s")
+        command.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. max_steps=50 beta=0.2")
+        command.add_argument("--resume", action="store_true", help="carry on from out_dir/ckpt.pt")
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    chat = commands.add_parser(
+        "chat", help="talk with a fine-tuned model",
+        description="An interactive chat (/reset, /temperature T, /quit or Ctrl-D), the reply printed as it "
+        "is written; with --message, one reply and exit.",
+    )
+    chat.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
+                      help="a fine-tuned model, e.g. runs/cpu-sft/model.pt or book/runs/cpu-sft/model.pt")
+    chat.add_argument("--message", metavar="TEXT", help="send this one message, print the reply and exit")
+    chat.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
+    chat.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                      help="0 always takes the likeliest token (default: %(default)s)")
+    chat.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="per reply (default: %(default)s)")
+    chat.add_argument("--seed", type=int, default=0, help="random seed when T > 0 (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m llmcourse",
@@ -148,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_course_commands(commands)
     _add_training_commands(commands)
+    _add_finetune_commands(commands)
     return parser
 
 
@@ -297,11 +345,82 @@ def _write_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"pretrain": _pretrain, "sample": _sample}
+def _finetune(args: argparse.Namespace) -> int:
+    from llmcourse.finetune import FinetuneTrainer, get_finetune_config
+
+    overrides = list(args.overrides)
+    config = get_finetune_config(args.config, overrides)
+    if args.lora and not config.lora_rank:
+        overrides.append("lora_rank=8")
+        config = get_finetune_config(args.config, overrides)
+    return _run_finetuning(FinetuneTrainer, config, overrides, args)
+
+
+def _preference(args: argparse.Namespace) -> int:
+    from llmcourse.preference_train import DPOTrainer, GRPOTrainer, get_preference_config
+
+    config = get_preference_config(args.config, args.overrides)
+    if config.method != args.command:
+        raise ValueError(f"--config {args.config} is a {config.method} config; use `{config.method}` or "
+                         f"--config cpu-{args.command}")
+    return _run_finetuning(DPOTrainer if args.command == "dpo" else GRPOTrainer, config, args.overrides, args)
+
+
+def _run_finetuning(kind, config, overrides: list[str], args: argparse.Namespace) -> int:
+    """Start (or with --resume, continue) a fine-tuning run of trainer class `kind`, then export it."""
+    from llmcourse.checkpoint import CHECKPOINT_NAME
+
+    checkpoint = Path(config.out_dir) / CHECKPOINT_NAME
+    if args.resume:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint} to resume; set out_dir to the "
+                                    "run's folder, or leave out --resume to start a new run there")
+        with warnings.catch_warnings(record=True) as caught:  # printed as this command's own warnings
+            warnings.simplefilter("always")
+            trainer = kind.resume(checkpoint, overrides, progress=not args.no_progress)
+        for warning in caught:
+            print(f"warning: {warning.message}", file=sys.stderr)
+        print(f"resuming {checkpoint} at step {trainer.step}")
+    elif checkpoint.is_file():
+        raise ValueError(f"{checkpoint} exists: pass --resume to continue that run, or choose another "
+                         "out_dir (or delete it) to start afresh")
+    else:
+        trainer = kind(config, progress=not args.no_progress)
+    try:
+        trainer.train()
+        if trainer.dist.is_main:
+            print(f"model: {trainer.export()}  (chat with it: python -m llmcourse chat --checkpoint "
+                  f"{Path(config.out_dir) / 'model.pt'})")
+    finally:
+        trainer.close()
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from llmcourse.checks import check_int
+    from llmcourse.finetune import ChatSession, run_chat
+    from llmcourse.runs import load_model
+
+    check_int("--max-new-tokens", args.max_new_tokens, 1, hint="the most tokens one reply may have")
+    check_int("--seed", args.seed, 0, hint="any integer >= 0")
+    model, tokenizer = load_model(args.checkpoint)
+    session = ChatSession(model, tokenizer, system=args.system, temperature=args.temperature,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.message is None:
+        run_chat(session)
+        return 0
+    for piece in session.reply(args.message):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+_COMMANDS = {"pretrain": _pretrain, "sample": _sample, "finetune": _finetune, "dpo": _preference,
+             "grpo": _preference, "chat": _chat}
 
 
 def _run_training_command(args: argparse.Namespace) -> int:
-    """Run pretrain or sample; a bad setting, a missing file or a diverged run is a message, not a traceback."""
+    """Run pretrain, sample, finetune or chat; a bad setting, a missing file or a diverged run is a message, not a traceback."""
     from llmcourse.train import TrainingDivergedError
 
     try:
@@ -355,7 +474,7 @@ def _flag_hints(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Iterato
         if any(option.startswith(flag) for option in known):  # a flag, or an abbreviation argparse accepts
             continue
         setting = flag.lstrip("-").replace("-", "_")
-        if "pretrain" in argv and setting in _training_settings():
+        if {"pretrain", "finetune", "dpo", "grpo"} & set(argv) and setting in _training_settings():
             has_value = index + 1 < len(argv) and not argv[index + 1].startswith("-")
             yield f"hint: settings are key=value, not flags: {setting}={argv[index + 1] if has_value else '...'}"
             continue
@@ -379,6 +498,6 @@ def _training_settings() -> set[str]:
     """The names `pretrain` takes as key=value (imported only here, for a hint: it starts torch)."""
     import dataclasses
 
-    from llmcourse.train_config import TrainConfig
+    from llmcourse.preference_train import PreferenceConfig
 
-    return {field.name for field in dataclasses.fields(TrainConfig)}
+    return {field.name for field in dataclasses.fields(PreferenceConfig)}

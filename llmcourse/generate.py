@@ -16,7 +16,12 @@ its tokens get their own positions (0 at its first real token, `padded_positions
 attention mask keeps every real token from attending to padding (`GPT.forward`'s
 `attention_mask`).
 
-Each row stops on its own: at the end-of-text token (`"eos"`), at a stop sequence (`"stop"`,
+A prompt is a string (encoded as ordinary text after the end-of-text token that starts a
+document) or a list of token ids used as they are (chapter 13's chat prompts, special tokens and
+all).
+
+Each row stops on its own: at a special token (`"eos"`: the end-of-text token of a document, or
+the end of a chat message), at a stop sequence (`"stop"`,
 searched in the decoded text, so it may span tokens) or after `max_new_tokens` (`"length"`). A
 finished row leaves the batch, cache rows included, so no compute is spent on it.
 
@@ -39,7 +44,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from llmcourse.checks import ArgumentError, check_int, check_shape
+from llmcourse.checks import ArgumentError, check_id_range, check_int, check_shape
 from llmcourse.model import GPT
 from llmcourse.sampling import SamplingSettings, find_stop, next_token, process, sample, stop_holdback
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
@@ -190,7 +195,7 @@ class _Row:
 
     def add(self, token: int, tokenizer: Tokenizer, max_new_tokens: int) -> None:
         self.token_ids.append(token)
-        if token == tokenizer.special_tokens[ENDOFTEXT]:
+        if token in tokenizer.special_ids:
             self.finish_reason = "eos"
             return
         self.data += tokenizer.token_bytes(token)
@@ -286,20 +291,30 @@ def _run(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]], max_new_tok
 def _prepare(model: GPT, tokenizer: Tokenizer, prompts: Sequence[str], max_new_tokens: int,
              stop: Sequence[str], seed: int | None) -> tuple[list[list[int]], tuple[str, ...], list | None]:
     """Check the arguments; return the prompts' token ids, the stop sequences and the generators."""
-    if isinstance(prompts, str) or len(prompts) == 0 or not all(isinstance(p, str) for p in prompts):
-        raise ArgumentError(f"prompts must be a non-empty list of strings, got {prompts!r}; for one prompt "
-                            "pass [prompt]")
+    if isinstance(prompts, str) or len(prompts) == 0 or not all(_is_prompt(p) for p in prompts):
+        raise ArgumentError(f"prompts must be a non-empty list of strings (or of token id lists), got "
+                            f"{prompts!r}; for one prompt pass [prompt]")
     check_int("max_new_tokens", max_new_tokens, 1)
     if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
         raise ArgumentError(f"stop must be a list of non-empty strings, got {stop!r}; e.g. stop=['\\n\\n']")
     eot = tokenizer.special_tokens[ENDOFTEXT]
     # Training documents start after an end-of-text token, so a prompt starting with one starts a document.
-    ids = [[eot] + tokenizer.encode_ordinary(prompt) for prompt in prompts]
+    ids = [[eot] + tokenizer.encode_ordinary(prompt) if isinstance(prompt, str) else list(prompt)
+           for prompt in prompts]
+    for prompt in ids:
+        check_id_range("prompt", torch.tensor(prompt), tokenizer.vocab_size, hint="ids from this tokenizer")
     _check_fits(ids, max_new_tokens, model.config.block_size)
     if seed is None:
         return ids, tuple(stop), None
     check_int("seed", seed, 0, hint="or None for torch's global random state")
     return ids, tuple(stop), [torch.Generator().manual_seed(seed + row) for row in range(len(prompts))]
+
+
+def _is_prompt(prompt: object) -> bool:
+    """A string, or a non-empty list of token ids."""
+    if isinstance(prompt, str):
+        return True
+    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and all(isinstance(t, int) for t in prompt)
 
 
 def _eval_mode(model: GPT) -> bool:
@@ -309,7 +324,7 @@ def _eval_mode(model: GPT) -> bool:
     return was_training
 
 
-def generate(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_tokens: int = 64,
+def generate(model: GPT, tokenizer: Tokenizer, prompts: list[str] | list[list[int]], max_new_tokens: int = 64,
              settings: SamplingSettings | None = None, *, stop: Sequence[str] = (), seed: int | None = None,
              progress: bool = False) -> list[Completion]:
     """Continue every prompt, all of them in one batch; one `Completion` per prompt, in order.
@@ -330,7 +345,7 @@ def generate(model: GPT, tokenizer: Tokenizer, prompts: list[str], max_new_token
     return [row.completion() for row in rows]
 
 
-def stream(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 64,
+def stream(model: GPT, tokenizer: Tokenizer, prompt: str | list[int], max_new_tokens: int = 64,
            settings: SamplingSettings | None = None, *, stop: Sequence[str] = (),
            seed: int | None = None) -> Iterator[str]:
     """Yield the text of one prompt's continuation as it is made, piece by piece.

@@ -176,6 +176,7 @@ class Tokenizer:
             if special in self.special_tokens:
                 raise ArgumentError(f"special token {special!r} is listed twice")
             self.special_tokens[special] = len(self._token_bytes) + len(self.special_tokens)
+        self.special_ids = frozenset(self.special_tokens.values())
         self._compiled = regex.compile(pattern)
         self._cache: dict[str, tuple[int, ...]] = {}
         # Longest first, so a special that is a prefix of another never wins by accident.

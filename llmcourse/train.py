@@ -108,6 +108,8 @@ class Trainer:
         trainer = Trainer.resume("runs/cpu-tiny/ckpt.pt"); trainer.train()   # carries on exactly
     """
 
+    config_class = TrainConfig  # what a checkpoint's "config" is read back as
+
     def __init__(
         self,
         config: TrainConfig,
@@ -218,13 +220,14 @@ class Trainer:
         accum = self.config.grad_accum_steps
         lr = self.set_learning_rate()
         total = torch.zeros((), device=self.device)
-        for micro in range(accum):
-            x, y = self.next_batch()
+        batches = [self.next_batch() for _ in range(accum)]
+        weights = self.batch_weights(batches)
+        for micro, (batch, weight) in enumerate(zip(batches, weights)):
             # DDP averages gradients across ranks in backward; only the last micro-batch needs it.
             last = micro == accum - 1
             with contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync():
                 with self.autocast():
-                    _, loss = self.model(x, y)
+                    loss = weight * self.batch_loss(batch)
                     loss = loss + self.config.aux_loss_weight * self.raw_model.aux_loss  # 0 unless MoE
                 (loss / accum).backward()  # the sum of the accum gradients of loss/accum = the big batch's
             total += loss.detach()
@@ -236,6 +239,23 @@ class Trainer:
         self.step += 1
         self.last = {"lr": lr, "grad_norm": grad_norm}
         return loss
+
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The loss of one micro-batch (inputs, targets): the mean next-token cross-entropy."""
+        x, y = batch
+        return self.model(x, y)[1]
+
+    def batch_weights(self, batches: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """One weight per micro-batch so that the step's loss is the mean over every counted target
+        of the global batch: each micro-batch's mean loss counts in proportion to its targets. With
+        a loss mask (fine-tuning) micro-batches count different numbers of targets; without one
+        every weight is exactly 1."""
+        counts = torch.stack([(y != -100).sum() for _, y in batches]).to(self.device)
+        total = counts.sum()
+        if self.dist.world_size > 1:
+            dist.all_reduce(total)
+        # count * accum * world / total: integers until the one division, so equal counts give 1.0.
+        return list((counts * len(batches) * self.dist.world_size).double().div(total.clamp(min=1)).float())
 
     def set_learning_rate(self) -> float:
         """Set this step's learning rate (warmup, then cosine decay) on every parameter group."""
@@ -372,11 +392,18 @@ class Trainer:
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything a resumed run needs, in types `torch.load(weights_only=True)` accepts."""
-        return make_checkpoint(
-            self.raw_model.config.to_dict(), self.raw_model.state_dict(), tokenizer_entry(self.tokenizer_path),
-            config=dataclasses.asdict(self.config), step=self.step, losses=list(self.losses),
-            optimizer=self.optimizer.state_dict(),
-            rng={**_rng_states(), "batches": self.batch_generator.get_state()})
+        return make_checkpoint(self.raw_model.config.to_dict(), self.model_state(),
+                               tokenizer_entry(self.tokenizer_path), **self.run_state())
+
+    def model_state(self) -> dict[str, Tensor]:
+        """The weights a checkpoint holds (a fine-tuning run with adapters holds them merged)."""
+        return self.raw_model.state_dict()
+
+    def run_state(self) -> dict[str, Any]:
+        """The run's state beside the weights: what resuming needs to repeat the same steps."""
+        return dict(config=dataclasses.asdict(self.config), step=self.step, losses=list(self.losses),
+                    optimizer=self.optimizer.state_dict(),
+                    rng={**_rng_states(), "batches": self.batch_generator.get_state()})
 
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path | None:
         """Write out_dir/ckpt.pt atomically (rank 0 only): a temp file renamed over the old one."""
@@ -387,7 +414,7 @@ class Trainer:
 
     def load_state(self, checkpoint: dict[str, Any]) -> None:
         """Restore weights, optimizer, step and every random state from `load_checkpoint`'s dict."""
-        self.raw_model.load_state_dict(checkpoint["model"])
+        self.load_model_state(checkpoint)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.step = checkpoint["step"]
         self.losses = list(checkpoint["losses"])
@@ -396,6 +423,10 @@ class Trainer:
         self.batch_generator.set_state(rng["batches"])
         if self.dist.world_size > 1:  # dropout masks differ per rank, as in a fresh run
             torch.manual_seed(self.config.seed + self.dist.rank + self.step)
+
+    def load_model_state(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the weights `model_state` wrote."""
+        self.raw_model.load_state_dict(checkpoint["model"])
 
     @classmethod
     def resume(cls, path: str | os.PathLike, overrides: Sequence[str] = (), **parts: Any) -> Trainer:
@@ -410,7 +441,7 @@ class Trainer:
         if not all(key in checkpoint for key in ("config", "optimizer", "rng")):
             raise CheckpointError(f"{path} holds the weights only (save_weights), not a run to resume; "
                                   f"resume from the run's {CHECKPOINT_NAME}")
-        saved = TrainConfig(**checkpoint["config"])
+        saved = cls.config_class(**checkpoint["config"])
         config = from_overrides(saved, overrides)
         fixed, allowed = _changed_settings(saved, config)
         if fixed:

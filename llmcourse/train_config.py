@@ -98,13 +98,13 @@ class TrainConfig:
 
 
 def from_overrides(base: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """A copy of `base` with `key=value` settings applied, e.g. ["max_steps=20", "model.n_layer=6"].
+    """A copy of `base` (a TrainConfig or a subclass, e.g. chapter 13's FinetuneConfig) with `key=value` settings applied, e.g. ["max_steps=20", "model.n_layer=6"].
 
     Values are parsed by the field's type (ints accept 1e3, bools true/false/1/0). An unknown key
     (with the closest known one suggested) or a value of the wrong type raises ValueError naming it.
     """
     values = dataclasses.asdict(base)
-    types = {f.name: f.type for f in dataclasses.fields(TrainConfig) if f.name != "model"}
+    types = {f.name: f.type for f in dataclasses.fields(base) if f.name != "model"}
     model_types = {f.name: f.type for f in dataclasses.fields(GPTConfig)}
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -123,7 +123,7 @@ def from_overrides(base: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
             raise ValueError(f"unknown setting {key!r}; model settings take a prefix: model.{key}={text}")
         else:
             raise ValueError(f"unknown setting {key!r}; {_suggest(key, types)}")
-    return TrainConfig(**values)
+    return type(base)(**values)
 
 
 def _suggest(key: str, known: Sequence[str], prefix: str = "") -> str:

@@ -46,3 +46,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
+
+
+# A micro "pretrained" model for the fine-tuning tests (chapters 13-14): random weights, a small
+# BPE tokenizer, and a context that holds TinyWorld's chats with that tokenizer (up to ~180 tokens).
+MICRO_BLOCK = 192
+
+
+@pytest.fixture(scope="session")
+def micro_tokenizer(tmp_path_factory):
+    from llmcourse.data.tinyworld import corpus_text
+    from llmcourse.tokenizer import Tokenizer
+
+    path = tmp_path_factory.mktemp("micro-tokenizer") / "tokenizer.json"
+    Tokenizer.train(corpus_text(40_000), vocab_size=400).save(path)
+    return Tokenizer.load(path)
+
+
+@pytest.fixture(scope="session")
+def micro_base(tmp_path_factory, micro_tokenizer) -> str:
+    """The path of a micro checkpoint with its tokenizer beside it (what `init_from` takes)."""
+    from llmcourse.checkpoint import make_checkpoint, save_checkpoint, tokenizer_entry
+    from llmcourse.model import GPT, GPTConfig
+
+    folder = tmp_path_factory.mktemp("micro-base")
+    micro_tokenizer.save(folder / "tokenizer.json")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=micro_tokenizer.vocab_size, block_size=MICRO_BLOCK, n_layer=1, n_head=2,
+                          n_embd=16))
+    checkpoint = make_checkpoint(model.config.to_dict(), model.state_dict(), tokenizer_entry(folder / "tokenizer.json"))
+    return str(save_checkpoint(checkpoint, folder / "model.pt"))

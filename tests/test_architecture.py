@@ -84,9 +84,15 @@ CHAPTERS: dict[str, int | str] = {
     "widgets/decoding": 11,
     # 12 inference
     "generate": 12,
-    # 12 inference
     "speculative": 12,
     "widgets/inference": 12,
+    # 13 fine-tuning
+    "data/tinyworld/chats": 13,
+    "finetune": 13,
+    "lora": 13,
+    # 14 preferences
+    "preference": 14,
+    "preference_train": 14,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,

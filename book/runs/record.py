@@ -7,6 +7,7 @@ package's own Trainer, run with the package's own configs; each run folder keeps
 
     .venv/bin/python book/runs/record.py pretrain   # cpu-tiny, samples at log-spaced steps -> book/runs/cpu-tiny/
     .venv/bin/python book/runs/record.py scaling    # three model sizes, same data and steps -> book/runs/scaling/
+    .venv/bin/python book/runs/record.py finetune   # chapter 13: cpu-sft and cpu-lora from cpu-tiny, evaluated
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
 so changing the config means recording again.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import platform
 import shlex
@@ -97,9 +99,95 @@ def _record_scaling_run(base: TrainConfig, model: dict, steps: int, out_dir: Pat
         return _finish(trainer, out_dir, data_seconds, time.perf_counter() - started)
 
 
-def _trainer(config: TrainConfig, progress: bool) -> tuple[Trainer, float]:
+# ---------------------------------------------------------------------------------- chapter 13
+
+# The conversations page 13 shows, asked of every model (greedy): known facts, a held-out fact, an
+# entity nobody knows, a sum, and a follow-up question in the same chat.
+SAMPLE_CHATS = (
+    ["What is the capital of Ardmark?"],
+    ["What kind of animal is Gabin?", "Where does Gabin live?"],
+    ["What does Zerland export?"],
+    ["Tell me a story about a fox."],
+    ["What is 7 plus 5?"],
+)
+FINETUNE_RUNS = ("cpu-sft", "cpu-lora")
+
+
+def record_finetune(out_root: Path, progress: bool = True) -> dict[str, dict]:
+    """Fine-tune the book's cpu-tiny weights with FINETUNE_RUNS (full, then LoRA) into
+    out_root/<name>/: run.json, metrics.jsonl and the weights (cpu-sft: model.pt; cpu-lora: its
+    adapters.pt, small, applied to cpu-tiny's weights when loaded); then evaluate every model,
+    the base included, into out_root/cpu-sft/eval.json."""
+    from llmcourse.finetune import FinetuneTrainer, get_finetune_config
+    from llmcourse.lora import count_parameters
+
+    records, models = {}, {}
+    for name in FINETUNE_RUNS:
+        with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+            config = get_finetune_config(name, [f"out_dir={work}"])
+            trainer, data_seconds = _trainer(config, progress, FinetuneTrainer)
+            started = time.perf_counter()
+            trainer.train()
+            train_seconds = time.perf_counter() - started
+            out_dir = out_root / name
+            trainer.export(Path(work) / "model.pt")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            kept = ["adapters.pt"] if config.lora_rank else ["model.pt", "tokenizer.json"]
+            for file in kept:
+                data = (Path(work) / file).read_bytes()
+                atomic_write(out_dir / file, lambda handle, data=data: handle.write(data))
+            trainable, total = count_parameters(trainer.raw_model)
+            record = _finish(trainer, out_dir, data_seconds, train_seconds)
+            record |= {"trainable_params": trainable, "total_params": total,
+                       # AdamW keeps two float32 numbers per trained weight, and backward one gradient
+                       "optimizer_and_gradient_bytes": 3 * 4 * trainable}
+            _write_json(out_dir / "run.json", record)
+            records[name] = record
+            models[name] = trainer.raw_model.eval()
+    _write_json(out_root / "cpu-sft" / "eval.json", evaluate_finetuned(models))
+    return records
+
+
+def evaluate_finetuned(models: dict) -> dict:
+    """Every model (and cpu-tiny, the base) on the question splits, asked as a chat and, for the
+    base, as a sentence to complete; their pretraining validation loss; SAMPLE_CHATS verbatim."""
+    from llmcourse.data.prepare import prepare_data, split_tokens
+    from llmcourse.data.tinyworld import World
+    from llmcourse.data.tinyworld.chats import arithmetic, questions
+    from llmcourse.data.tokens import TokenFile
+    from llmcourse.finetune import answer_questions, chat_reply, complete_questions, document_loss, grade_questions
+    from llmcourse.runs import load_model
+
+    base, tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")
+    models = {"cpu-tiny": base, **models}
+    world = World.generate(0)
+    asked = {split: questions(world, split) for split in ("sft", "heldout", "unseen")}
+    asked["arithmetic"] = list(itertools.islice(arithmetic(0, split="eval"), 200))
+    pretraining = get_config("cpu-tiny")
+    _, tokens_path = prepare_data(pretraining, progress=False)
+    val_tokens = split_tokens(TokenFile.open(tokens_path).tokens, pretraining.val_fraction, pretraining.block_size)[1]
+    result: dict = {"questions": {split: len(items) for split, items in asked.items()}, "models": {}}
+    for name, model in models.items():
+        entry = {"chat": {}, "pretraining_val_loss": document_loss(model, val_tokens), "samples": []}
+        for split, items in asked.items():
+            replies = answer_questions(model, tokenizer, items)
+            entry["chat"][split] = grade_questions(items, replies) | {"examples": replies[:3]}
+        if name == "cpu-tiny":
+            entry["completion"] = {split: grade_questions(items, complete_questions(model, tokenizer, items))
+                                   for split, items in asked.items()}
+        for turns in SAMPLE_CHATS:
+            messages = []
+            for text in turns:
+                messages.append({"role": "user", "content": text})
+                messages.append({"role": "assistant", "content": chat_reply(model, tokenizer, messages)})
+            entry["samples"].append(messages)
+        result["models"][name] = entry
+    return result
+
+
+def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer) -> tuple[Trainer, float]:
     started = time.perf_counter()
-    trainer = Trainer(config, progress=progress)  # tokenizes the corpus the first time (cached after)
+    trainer = kind(config, progress=progress)  # tokenizes the corpus the first time (cached after)
     return trainer, time.perf_counter() - started
 
 
@@ -119,8 +207,8 @@ def _finish(trainer: Trainer, out_dir: Path, data_seconds: float, train_seconds:
         "non_embedding_params": count_params(model_config, non_embedding=True),
         "flops_per_token": trainer.flops_per_token,
         "tokens_per_step": trainer.config.tokens_per_step,
-        "train_tokens": len(trainer.train_tokens),
-        "val_tokens": len(trainer.val_tokens),
+        "train_tokens": _token_count(trainer.train_tokens),
+        "val_tokens": _token_count(trainer.val_tokens),
         "steps": trainer.step,
         "data_seconds": round(data_seconds, 1),
         "train_seconds": round(train_seconds, 1),
@@ -130,6 +218,11 @@ def _finish(trainer: Trainer, out_dir: Path, data_seconds: float, train_seconds:
     }
     _write_json(out_dir / "run.json", record)
     return record
+
+
+def _token_count(tokens) -> int:
+    """Tokens of a run's data: a flat array of ids, or chats packed into rows (`ChatRows`)."""
+    return int(tokens.ids.numel()) if hasattr(tokens, "ids") else len(tokens)
 
 
 def _machine() -> dict:
@@ -160,7 +253,7 @@ def _write_json(path: Path, value) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("pretrain", "scaling"))
+    parser.add_argument("which", choices=("pretrain", "scaling", "finetune"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -168,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.which == "pretrain":
         record = record_pretrain(args.out or RUNS / "cpu-tiny", args.overrides, not args.no_progress)
         print(f"{record['steps']} steps in {record['train_seconds']} s")
+    elif args.which == "finetune":
+        for name, record in record_finetune(args.out or RUNS, not args.no_progress).items():
+            print(f"{name}: {record['trainable_params']:,} trained parameters, {record['train_seconds']} s")
     else:
         for size, record in record_scaling(args.out or RUNS / "scaling", args.overrides, not args.no_progress).items():
             print(f"{size}: {record['params']:,} parameters, {record['train_seconds']} s")
