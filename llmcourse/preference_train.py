@@ -8,7 +8,8 @@ Both start from a fine-tuned checkpoint (chapter 13's `cpu-sft` by default) and 
                   (the reference); logs the implicit rewards, their margin and accuracy
     GRPOTrainer   each step asks `batch_size` questions whose answers a program can check (sums
                   and facts), samples `group_size` replies to each with the current model, rewards
-                  the correct ones, and takes one step on `preference.grpo_loss` with
+                  the right ones (`chats.reward`: a correct answer, or a refusal about an
+                  entity nobody knows), and takes one step on `preference.grpo_loss` with
                   `group_advantages` (on-policy: the sampling model is the one trained, so the
                   ratio starts at 1 and the clip guards the step's later micro-batches)
 
@@ -30,7 +31,8 @@ from torch import Tensor
 from llmcourse.checkpoint import load_checkpoint
 from llmcourse.checks import ArgumentError, check_choice, check_int, check_real
 from llmcourse.data.tinyworld import World
-from llmcourse.data.tinyworld.chats import PreferencePair, Question, grade_reply, preference_pairs, questions, sums
+from llmcourse.data.tinyworld.chats import (PreferencePair, Question, preference_pairs, questions, reward, sums,
+                                            unknown_questions)
 from llmcourse.finetune import END, FinetuneConfig, FinetuneTrainer, answer_questions, render_chat
 from llmcourse.generate import generate
 from llmcourse.model import GPT
@@ -54,6 +56,9 @@ class PreferenceConfig(FinetuneConfig):
     group_size: int = 8  # GRPO: replies sampled per question
     max_new_tokens: int = 24  # GRPO: the longest reply sampled
     temperature: float = 1.0  # GRPO: sampling temperature of the replies
+    nll_weight: float = 0.0  # DPO: weight of the chosen replies' own loss (SFT) added to DPO's
+    questions: str = "facts+unknown"  # GRPO: what to ask: "facts+unknown" (known facts, and entities
+    # nobody knows, where the rewarded reply is a refusal) or "sums"
     clip: float = 0.2  # GRPO: the PPO clip range of the probability ratio
     kl_coef: float = 0.0  # GRPO: weight of the KL penalty to the start model (0: none)
 
@@ -67,18 +72,25 @@ class PreferenceConfig(FinetuneConfig):
         self.temperature = check_real("temperature", self.temperature, above=0, hint="1.0 samples as trained")
         self.clip = check_real("clip", self.clip, above=0, below=1)
         self.kl_coef = check_real("kl_coef", self.kl_coef, minimum=0)
+        self.nll_weight = check_real("nll_weight", self.nll_weight, minimum=0, hint="0 is plain DPO; 1 is common")
+        check_choice("questions", self.questions, ("facts+unknown", "sums"))
 
 
 PREFERENCE_CONFIGS: dict[str, PreferenceConfig] = {
-    # DPO from the cpu-sft model: a couple of minutes on 2 CPU cores.
+    # DPO from the cpu-sft model, keeping the chosen replies likely (nll_weight): a minute on 2 CPU cores.
     "cpu-dpo": PreferenceConfig(
         method="dpo", batch_size=16, max_steps=150, lr=5e-5, min_lr=5e-6, warmup_steps=10, weight_decay=0.0,
-        eval_every=25, eval_batches=4, checkpoint_every=50, log_every=5, out_dir="runs/cpu-dpo",
+        eval_every=25, eval_batches=4, checkpoint_every=50, log_every=5, out_dir="runs/cpu-dpo", nll_weight=1.0,
+    ),
+    # The same without the chosen replies' own loss: plain DPO, which here drifts away from good answers.
+    "cpu-dpo-plain": PreferenceConfig(
+        method="dpo", batch_size=16, max_steps=150, lr=5e-5, min_lr=5e-6, warmup_steps=10, weight_decay=0.0,
+        eval_every=25, eval_batches=4, checkpoint_every=50, log_every=5, out_dir="runs/cpu-dpo-plain",
     ),
     # GRPO from the cpu-sft model: 8 questions x 8 replies per step.
     "cpu-grpo": PreferenceConfig(
-        method="grpo", batch_size=8, max_steps=60, lr=2e-5, min_lr=2e-5, warmup_steps=0, weight_decay=0.0,
-        eval_every=20, eval_batches=1, checkpoint_every=20, log_every=1, out_dir="runs/cpu-grpo",
+        method="grpo", batch_size=8, max_steps=100, lr=5e-5, min_lr=5e-5, warmup_steps=0, weight_decay=0.0,
+        eval_every=25, eval_batches=1, checkpoint_every=25, log_every=1, out_dir="runs/cpu-grpo",
     ),
 }
 
@@ -130,26 +142,43 @@ def pair_rows(tokenizer: Tokenizer, pairs: Sequence[PreferencePair], length: int
     return PairRows(*chosen, *rejected)
 
 
-def _frozen_copy(model: GPT) -> GPT:
-    reference = GPT(model.config)
-    reference.load_state_dict(model.state_dict())
-    return reference.eval().requires_grad_(False)
-
-
-class DPOTrainer(FinetuneTrainer):
-    """Direct preference optimisation (Rafailov et al. 2023) on TinyWorld preference pairs."""
+class _PreferenceTrainer(FinetuneTrainer):
+    """What the DPO and GRPO trainers share: the config check, the frozen reference (the start
+    model), equal micro-batch weights, and statistics logged with each step."""
 
     config_class = PreferenceConfig
+    method = ""
 
     def __init__(self, config: PreferenceConfig, *, progress: bool = True) -> None:
-        if not isinstance(config, PreferenceConfig) or config.method != "dpo":
-            raise ArgumentError("DPOTrainer needs a PreferenceConfig with method='dpo' (get_preference_config)")
+        if not isinstance(config, PreferenceConfig) or config.method != self.method:
+            raise ArgumentError(f"{type(self).__name__} needs a PreferenceConfig with method={self.method!r} "
+                                "(get_preference_config)")
         super().__init__(config, progress=progress)
-        # The reference is the start model, frozen: the loss rewards moving away from it only where
-        # the pairs ask to. (With LoRA adapters it could be the base with adapters switched off.)
-        start = GPT.from_checkpoint(load_checkpoint(self.base_path), source=self.base_path)
-        self.reference = _frozen_copy(start).to(self.device)
         self.stats: dict[str, float] = {}
+        self.reference = self._reference() if self.uses_reference() else None
+
+    def uses_reference(self) -> bool:
+        return True
+
+    def _reference(self) -> GPT:
+        """The start model, frozen: the policy is measured against it, and held near it."""
+        start = GPT.from_checkpoint(load_checkpoint(self.base_path), source=self.base_path)
+        return start.to(self.device).eval().requires_grad_(False)
+
+    def batch_weights(self, batches: list) -> list[float]:
+        return [1.0] * len(batches)  # every micro-batch holds the same number of pairs or sequences
+
+    def train_step(self) -> float:
+        loss = super().train_step()
+        self.last.update(self.stats)  # logged with the step
+        return loss
+
+
+class DPOTrainer(_PreferenceTrainer):
+    """Direct preference optimisation (Rafailov et al. 2023) on TinyWorld preference pairs; the
+    reference is the start model: the loss rewards moving away from it only where pairs ask to."""
+
+    method = "dpo"
 
     def make_data(self, config: PreferenceConfig, tokenizer: Tokenizer) -> tuple[PairRows, PairRows]:
         n_val = max(1, round(config.n_pairs * config.val_fraction))
@@ -177,17 +206,12 @@ class DPOTrainer(FinetuneTrainer):
             reference = sequence_logprobs(self.reference, ids, mask)
         n = chosen.shape[0]
         out = dpo_loss(policy[:n], policy[n:], reference[:n], reference[n:], self.config.beta)
+        loss = out.loss
+        if self.config.nll_weight:  # keep the chosen replies likely: their mean loss per token (RPO)
+            loss = loss - self.config.nll_weight * policy[:n].sum() / chosen_mask.sum()
         self.stats = {"chosen_reward": out.chosen_rewards.mean().item(),
                       "rejected_reward": out.rejected_rewards.mean().item(),
                       "margin": out.margins.mean().item(), "accuracy": float(out.accuracy)}
-        return out.loss
-
-    def batch_weights(self, batches: list) -> list[float]:
-        return [1.0] * len(batches)  # every micro-batch holds the same number of pairs
-
-    def train_step(self) -> float:
-        loss = super().train_step()
-        self.last.update(self.stats)  # logged with the step: the rewards, margin and accuracy
         return loss
 
     @torch.no_grad()
@@ -212,24 +236,24 @@ class DPOTrainer(FinetuneTrainer):
 # ---------------------------------------------------------------------------------- GRPO
 
 
-class GRPOTrainer(FinetuneTrainer):
-    """Group relative policy optimisation (Shao et al. 2024) with rewards a program checks."""
+class GRPOTrainer(_PreferenceTrainer):
+    """Group relative policy optimisation (Shao et al. 2024) with rewards a program checks; with
+    kl_coef > 0, a KL penalty holds the policy near the start model."""
 
-    config_class = PreferenceConfig
+    method = "grpo"
 
-    def __init__(self, config: PreferenceConfig, *, progress: bool = True) -> None:
-        if not isinstance(config, PreferenceConfig) or config.method != "grpo":
-            raise ArgumentError("GRPOTrainer needs a PreferenceConfig with method='grpo' (get_preference_config)")
-        super().__init__(config, progress=progress)
-        self.reference = _frozen_copy(self.raw_model).to(self.device) if config.kl_coef > 0 else None
-        self.stats: dict[str, float] = {}
+    def uses_reference(self) -> bool:
+        return self.config.kl_coef > 0
 
     def make_data(self, config: PreferenceConfig, tokenizer: Tokenizer) -> tuple[list[Question], list[Question]]:
-        """Training questions (the "train" sums and the `sft` facts) and evaluation questions (the
-        sums never trained on, and the held-out facts)."""
+        """Training and evaluation questions. "facts+unknown": the `sft` facts and the unknown
+        entities' questions, evaluated on held-out facts and never-seen entities (neither is ever
+        trained on); "sums": the "train" sums, evaluated on the sums never trained on."""
         world = World.generate(config.world_seed)
-        train = sums(config.world_seed, split="train") + questions(world, "sft")
-        return train, sums(config.world_seed, split="eval") + questions(world, "heldout")
+        if config.questions == "sums":
+            return sums(config.world_seed, split="train"), sums(config.world_seed, split="eval")
+        train = questions(world, "sft") + unknown_questions(world)
+        return train, questions(world, "heldout") + questions(world, "unseen")
 
     def next_batch(self, asked: list[Question] | None = None, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Sample `group_size` replies to each of `batch_size` questions with the current model and
@@ -243,7 +267,7 @@ class GRPOTrainer(FinetuneTrainer):
         prompts = [render_chat(self.tokenizer, q.messages(), add_generation_prompt=True)[0] for q in group]
         completions = generate(self.raw_model, self.tokenizer, prompts, config.max_new_tokens,
                                SamplingSettings(temperature=config.temperature), seed=seed)
-        rewards = torch.tensor([float(grade_reply(q, c.text) == "correct") for q, c in zip(group, completions)])
+        rewards = torch.tensor([reward(q, c.text) for q, c in zip(group, completions)])
         ids, mask = _sampled_rows(prompts, [c.token_ids for c in completions], self.tokenizer)
         ids, mask = ids.to(self.device), mask.to(self.device)
         self.raw_model.eval()
@@ -264,23 +288,16 @@ class GRPOTrainer(FinetuneTrainer):
         return grpo_loss(logprobs, batch["old_logprobs"], batch["advantages"], batch["mask"], self.config.clip,
                          reference, self.config.kl_coef)
 
-    def batch_weights(self, batches: list) -> list[float]:
-        return [1.0] * len(batches)  # every micro-batch holds the same number of sequences
-
-    def train_step(self) -> float:
-        loss = super().train_step()
-        self.last.update(self.stats)
-        return loss
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Greedy accuracy on sums never trained on and on held-out facts."""
-        sums = [q for q in self.val_tokens if q.split == "arithmetic"]
-        facts = [q for q in self.val_tokens if q.split != "arithmetic"]
+        """The mean reward of greedy replies to the evaluation questions, by split: held-out facts
+        (accuracy), never-seen entities (the refusal rate), sums never trained on (accuracy)."""
         result: dict[str, Any] = {"step": self.step}
-        for name, asked in (("sums", sums), ("facts", facts)):
-            replies = answer_questions(self.raw_model, self.tokenizer, asked)
-            result[f"{name}_accuracy"] = sum(grade_reply(q, r) == "correct" for q, r in zip(asked, replies)) / len(asked)
+        for split in ("heldout", "unseen", "arithmetic"):
+            asked = [q for q in self.val_tokens if q.split == split]
+            if asked:
+                replies = answer_questions(self.raw_model, self.tokenizer, asked)
+                result[f"{split}_reward"] = sum(reward(q, r) for q, r in zip(asked, replies)) / len(asked)
         self.raw_model.train()
         return result
 

@@ -90,6 +90,7 @@ CHAPTERS: dict[str, int | str] = {
     "data/tinyworld/chats": 13,
     "finetune": 13,
     "lora": 13,
+    "widgets/chat": 13,
     # 14 preferences
     "preference": 14,
     "preference_train": 14,

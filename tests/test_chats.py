@@ -12,7 +12,8 @@ import pytest
 from llmcourse.checks import ArgumentError
 from llmcourse.data.tinyworld import World, corpus_text
 from llmcourse.data.tinyworld.chats import (ARITHMETIC_SHARE, SYSTEM_PROMPTS, arithmetic, chats, grade_reply,
-                                            is_refusal, preference_pairs, question_for, questions, unknown_names)
+                                            is_refusal, preference_pairs, question_for, questions, reward,
+                                            unknown_names, unknown_questions)
 
 WORLD = World.generate(0)
 N = 3000
@@ -127,3 +128,16 @@ def test_streams_are_deterministic_and_named_errors():
     assert list(itertools.islice(preference_pairs(5), 20)) == list(itertools.islice(preference_pairs(5), 20))
     with pytest.raises(ArgumentError, match="unknown_share"):
         chats(0, unknown_share=2.0)
+
+
+def test_the_verifiable_reward_pays_for_right_answers_and_honest_refusals():
+    known = questions(WORLD, "sft")[0]
+    asked = unknown_questions(WORLD)
+    assert {q.subject for q in asked} == set(unknown_names(WORLD))
+    assert all(is_refusal(q.answer) and q.split == "unknown" for q in asked)
+    assert reward(known, known.answer) == 1.0 and reward(known, "I don't know.") == 0.0
+    assert reward(known, "Something else entirely.") == 0.0
+    assert reward(asked[0], asked[0].answer) == 1.0  # declining about an entity nobody knows
+    assert reward(asked[0], f"{asked[0].subject} is a country in the north.") == 0.0  # an invention
+    unseen = questions(WORLD, "unseen")[0]
+    assert reward(unseen, unseen.answer) == 0.0 and reward(unseen, "I don't know.") == 1.0

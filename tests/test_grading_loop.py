@@ -14,7 +14,8 @@ trustworthy grader gives:
     loops             perfect, but the last task's answer     that task 0, every other task full
                       is `while True: pass`
     delegates         each answer imports the same-named      0 on every hidden test of those tasks
-                      reference from llmcourse
+                      reference from llmcourse (or wraps the
+                      reference DELEGATING_ANSWERS names)
     garbage           a file that is not JSON                 a clear message, 0, others graded
 
 Run with `pytest -s` to see the per-student score table.
@@ -148,14 +149,37 @@ def reference_module(name: str) -> str | None:
     return None
 
 
-def delegating(notebook) -> tuple[object, list[Task]]:
-    """Each answer replaced by an import of the same-named reference; the tasks it could do."""
+# Answers whose llmcourse reference has another name or another signature: per assignment and
+# answer function, what a student who delegates to the reference would write instead of an import.
+DELEGATING_ANSWERS: dict[str, dict[str, str]] = {
+    "14-preferences": {
+        "response_logprobs": (
+            "from llmcourse.preference import check_response_mask, token_logprobs\n\n\n"
+            "def response_logprobs(logits, ids, response_mask):\n"
+            "    check_response_mask(response_mask, ids)\n"
+            "    return torch.where(response_mask, token_logprobs(logits, ids), 0.0).sum(dim=-1)\n"),
+        "dpo_loss_from_logprobs": (
+            "from llmcourse.preference import dpo_loss\n\n\n"
+            "def dpo_loss_from_logprobs(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):\n"
+            "    out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)\n"
+            "    return out.loss, out.chosen_rewards, out.rejected_rewards\n"),
+        "group_normalised_advantages": "from llmcourse.preference import group_advantages as group_normalised_advantages",
+    },
+}
+
+
+def delegating(notebook, assignment: str) -> tuple[object, list[Task]]:
+    """Each answer replaced by an import of the same-named reference (or the assignment's entry of
+    DELEGATING_ANSWERS); the tasks it could do."""
     changed = copy.deepcopy(notebook)
     delegated = []
     for task in tasks_of(notebook):
-        module = reference_module(task.function)
+        source = DELEGATING_ANSWERS.get(assignment, {}).get(task.function)
+        module = reference_module(task.function) if source is None else None
         if module is not None:
-            cell_by_id(changed, task.answer_id).source = f"from {module} import {task.function}"
+            source = f"from {module} import {task.function}"
+        if source is not None:
+            cell_by_id(changed, task.answer_id).source = source
             delegated.append(task)
     return changed, delegated
 
@@ -195,7 +219,7 @@ def build_submissions(root: Path, assignment: str) -> tuple[dict[str, dict[str, 
     last_task = tasks_of(source[last])[-1]
     delegates, delegated = {}, []
     for name in names:
-        delegates[name], tasks = delegating(source[name])
+        delegates[name], tasks = delegating(source[name], assignment)
         delegated += tasks
     submissions = {
         "perfect": source,

@@ -3,6 +3,7 @@ model (seconds on a CPU). The losses themselves are tested in test_preference.py
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -16,8 +17,7 @@ from llmcourse.data.tinyworld.chats import preference_pairs
 from llmcourse.preference_train import (DPOTrainer, GRPOTrainer, get_preference_config, pair_rows,
                                         response_rows)
 from llmcourse.finetune import render_chat
-
-import itertools
+from llmcourse.preference import sequence_logprobs
 
 COMMON = ["batch_size=4", "warmup_steps=0", "eval_batches=1", "log_every=1", "device=cpu"]
 
@@ -48,7 +48,12 @@ def test_pair_rows_hold_each_reply_after_the_same_prompt(micro_tokenizer):
 
 
 def test_dpo_starts_at_log_2_raises_the_margin_and_resumes_exactly(micro_base, tmp_path):
-    trainer = DPOTrainer(dpo_config(micro_base, tmp_path / "a", "lr=1e-2"), progress=False)
+    with_nll = DPOTrainer(dpo_config(micro_base, tmp_path / "n", "nll_weight=1.0"), progress=False)
+    x = with_nll.next_batch(with_nll.train_tokens, torch.Generator().manual_seed(0))
+    chosen_nll = -(sequence_logprobs(with_nll.raw_model, x[0], x[1]).sum() / x[1].sum()).item()
+    assert with_nll.batch_loss(x).item() == pytest.approx(math.log(2) + chosen_nll, rel=1e-5)
+
+    trainer = DPOTrainer(dpo_config(micro_base, tmp_path / "a", "lr=1e-2", "nll_weight=0"), progress=False)
     start = trainer.evaluate()
     assert start["train_loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
     assert start["train_margin"] == pytest.approx(0.0, abs=1e-6)
@@ -59,7 +64,7 @@ def test_dpo_starts_at_log_2_raises_the_margin_and_resumes_exactly(micro_base, t
     records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert {"chosen_reward", "rejected_reward", "margin", "accuracy"} <= set(records[0])
 
-    first = DPOTrainer(dpo_config(micro_base, tmp_path / "b", "lr=1e-2"), progress=False)
+    first = DPOTrainer(dpo_config(micro_base, tmp_path / "b", "lr=1e-2", "nll_weight=0"), progress=False)
     first.train(steps=2)  # interrupted after 2 of 4 steps (the checkpoint is written on the way out)
     resumed = DPOTrainer.resume(tmp_path / "b" / CHECKPOINT_NAME, progress=False)
     assert resumed.train() == pytest.approx(losses[2:], abs=1e-6)
@@ -84,7 +89,11 @@ def test_grpo_samples_groups_scores_them_and_resumes_exactly(micro_base, tmp_pat
     resumed = GRPOTrainer.resume(tmp_path / "r" / CHECKPOINT_NAME, progress=False)
     assert resumed.train() == pytest.approx(losses[1:], abs=1e-6)
     evaluation = straight.evaluate()
-    assert 0 <= evaluation["sums_accuracy"] <= 1 and 0 <= evaluation["facts_accuracy"] <= 1
+    assert set(evaluation) == {"step", "heldout_reward", "unseen_reward"}
+    assert all(0 <= value <= 1 for value in evaluation.values() if value != evaluation["step"])
+    sums_run = GRPOTrainer(grpo_config(micro_base, tmp_path / "sums", "questions=sums"), progress=False)
+    assert {q.split for q in sums_run.train_tokens} == {"arithmetic"}
+    assert not {q.subject for q in sums_run.train_tokens} & {q.subject for q in sums_run.val_tokens}
 
 
 def test_configs_are_checked(micro_base, tmp_path):

@@ -127,3 +127,43 @@ def test_record_scaling_trains_each_size_on_the_same_data(tmp_path, monkeypatch,
     assert longer["params"] == runs["xs"]["params"] and longer["steps"] > 4
     compute = lambda run: run["flops_per_token"] * run["tokens_per_step"] * run["steps"]  # noqa: E731
     assert abs(compute(longer) - compute(runs["s"])) <= runs["xs"]["flops_per_token"] * runs["xs"]["tokens_per_step"] / 2
+
+
+# ----------------------------------------------------------------------------- chapters 13-14
+
+
+def _fitted(config) -> dict:
+    """A fine-tuning config as its run records it: the model settings are the base checkpoint's."""
+    recorded = without_out_dir(dataclasses.asdict(config))
+    base = json.loads((RUNS / "cpu-tiny" / "run.json").read_text())["config"]
+    return recorded | {"model": recorded["model"] or None, "block_size": base["block_size"],
+                       "vocab_size": base["vocab_size"]}
+
+
+def test_the_recorded_finetuning_runs_are_the_current_configs():
+    from llmcourse.finetune import FINETUNE_CONFIGS
+    from llmcourse.preference_train import PREFERENCE_CONFIGS
+
+    for name, config in {**FINETUNE_CONFIGS, **PREFERENCE_CONFIGS}.items():
+        run = json.loads((RUNS / name / "run.json").read_text())
+        recorded = without_out_dir(run["config"])
+        expected = _fitted(config)
+        assert {k: v for k, v in recorded.items() if k != "model"} == {
+            k: v for k, v in expected.items() if k != "model"}, (
+            f"{name} changed since book/runs/{name} was recorded: run `.venv/bin/python book/runs/record.py "
+            f"{'finetune' if name in FINETUNE_CONFIGS else 'preference'}` and commit the new run")
+        assert run["steps"] == config.max_steps
+
+
+def test_the_recorded_finetuned_models_answer_as_their_evaluation_says():
+    """The shipped cpu-sft weights, asked again: their answers to a few known questions are right,
+    as eval.json records (an independent check that the file and the weights belong together)."""
+    from llmcourse.data.tinyworld import World
+    from llmcourse.data.tinyworld.chats import questions
+    from llmcourse.finetune import answer_questions, grade_questions
+
+    model, tokenizer = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
+    asked = questions(World.generate(0), "sft")[:40]
+    grades = grade_questions(asked, answer_questions(model, tokenizer, asked))
+    recorded = json.loads((RUNS / "cpu-sft" / "eval.json").read_text())["models"]["cpu-sft"]["chat"]["sft"]
+    assert grades["correct"] >= 0.9 and recorded["correct"] >= 0.9

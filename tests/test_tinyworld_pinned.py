@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from llmcourse.data.tinyworld.chats import arithmetic, chats, preference_pairs, questions, sums, unknown_names
 from llmcourse.data.tinyworld import (
     DOCUMENT_KINDS,
     World,
@@ -149,3 +150,35 @@ def test_tinyworld_output_is_unchanged(seed, tmp_path):
         f"purpose, a change drew from an existing random stream; add a new stream instead. "
         f"Now: {found}"
     )
+
+
+# ---------------------------------------------------------------------------------- fine-tuning data
+
+def finetuning_outputs(seed: int) -> dict[str, str]:
+    """The fine-tuning streams of chapters 13-14 for `seed` (the recorded runs in book/runs/cpu-sft,
+    cpu-lora, cpu-dpo and cpu-grpo were trained on seed 0's)."""
+    world = World.generate(seed)
+    return {
+        "chats": lines(take(chats(seed, world=world), 300)),
+        "preference_pairs": lines(take(preference_pairs(seed, world=world), 200)),
+        "questions": lines(q for split in ("sft", "heldout", "unseen") for q in questions(world, split)),
+        "unknown_names": lines(sorted(unknown_names(world).items())),
+        "sums": lines(sums(seed, split="train") + sums(seed, split="eval")),
+        "arithmetic": lines(take(arithmetic(seed), 100)),
+    }
+
+
+# Recorded when chapters 13-14 were written (issue 17).
+PINNED_FINETUNING: dict[int, dict[str, str]] = {
+    0: {"chats": "93de199fb4a6f3e1", "preference_pairs": "d2daea203fedaf05", "questions": "68288e46c68be0b2",
+        "unknown_names": "4fa137b782000299", "sums": "2b08113eb6b2bbd8", "arithmetic": "e850c095e8bdf610"},
+    1: {"chats": "8ff2b30ed62a7bca", "preference_pairs": "643bb6934890cd78", "questions": "54bf8ce8b68113e5",
+        "unknown_names": "7d1cabc4097a94ba", "sums": "fe5526d8fd8694f5", "arithmetic": "ee0a609d22a6bec5"},
+    1337: {"chats": "9c247e5dcbd2b7ac", "preference_pairs": "daebd3e1609cb4b0", "questions": "9506f3fbe98c1881",
+           "unknown_names": "4b50bb78cfb62ff3", "sums": "495b2f347ce07e6e", "arithmetic": "6f8f59bdcecc7ca2"},
+}
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_finetuning_data_is_pinned(seed):
+    assert {name: fingerprint(text) for name, text in finetuning_outputs(seed).items()} == PINNED_FINETUNING[seed]

@@ -8,6 +8,8 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py pretrain   # cpu-tiny, samples at log-spaced steps -> book/runs/cpu-tiny/
     .venv/bin/python book/runs/record.py scaling    # three model sizes, same data and steps -> book/runs/scaling/
     .venv/bin/python book/runs/record.py finetune   # chapter 13: cpu-sft and cpu-lora from cpu-tiny, evaluated
+    .venv/bin/python book/runs/record.py finetune-eval   # chapter 13's evaluation again, of the recorded models
+    .venv/bin/python book/runs/record.py preference # chapter 14: cpu-dpo and cpu-grpo from cpu-sft, evaluated
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
 so changing the config means recording again.
@@ -148,21 +150,33 @@ def record_finetune(out_root: Path, progress: bool = True) -> dict[str, dict]:
     return records
 
 
-def evaluate_finetuned(models: dict) -> dict:
-    """Every model (and cpu-tiny, the base) on the question splits, asked as a chat and, for the
+def recorded_finetuned() -> dict:
+    """The recorded chapter-13 models, loaded: cpu-sft's weights, and cpu-tiny with cpu-lora's adapters."""
+    from llmcourse.lora import load_adapters
+    from llmcourse.runs import load_model
+
+    sft, _ = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
+    lora, _ = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")
+    load_adapters(lora, RUNS / "cpu-lora" / "adapters.pt")
+    return {"cpu-sft": sft, "cpu-lora": lora.eval()}
+
+
+def evaluate_finetuned(models: dict, base: bool = True) -> dict:
+    """Every model (and, with `base`, cpu-tiny) on the question splits, asked as a chat and, for the
     base, as a sentence to complete; their pretraining validation loss; SAMPLE_CHATS verbatim."""
     from llmcourse.data.prepare import prepare_data, split_tokens
     from llmcourse.data.tinyworld import World
-    from llmcourse.data.tinyworld.chats import arithmetic, questions
+    from llmcourse.data.tinyworld.chats import questions, sums
     from llmcourse.data.tokens import TokenFile
     from llmcourse.finetune import answer_questions, chat_reply, complete_questions, document_loss, grade_questions
     from llmcourse.runs import load_model
 
-    base, tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")
-    models = {"cpu-tiny": base, **models}
+    pretrained, tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")
+    models = {"cpu-tiny": pretrained, **models} if base else models
     world = World.generate(0)
     asked = {split: questions(world, split) for split in ("sft", "heldout", "unseen")}
-    asked["arithmetic"] = list(itertools.islice(arithmetic(0, split="eval"), 200))
+    asked["sums_trained"] = sums(0, split="train")
+    asked["sums_new"] = sums(0, split="eval")
     pretraining = get_config("cpu-tiny")
     _, tokens_path = prepare_data(pretraining, progress=False)
     val_tokens = split_tokens(TokenFile.open(tokens_path).tokens, pretraining.val_fraction, pretraining.block_size)[1]
@@ -183,6 +197,34 @@ def evaluate_finetuned(models: dict) -> dict:
             entry["samples"].append(messages)
         result["models"][name] = entry
     return result
+
+
+# ---------------------------------------------------------------------------------- chapter 14
+
+PREFERENCE_RUNS = ("cpu-dpo-plain", "cpu-dpo", "cpu-grpo")
+
+
+def record_preference(out_root: Path, progress: bool = True) -> dict[str, dict]:
+    """Tune the recorded cpu-sft model with DPO (plain, and with the chosen replies' own loss) and
+    with GRPO into out_root/<name>/ (run.json, metrics.jsonl; no weights: page 14 shows what they
+    did, not a model to load), then evaluate cpu-sft and all three into out_root/cpu-dpo/eval.json."""
+    from llmcourse.preference_train import DPOTrainer, GRPOTrainer, get_preference_config
+
+    records, models = {}, {}
+    for name in PREFERENCE_RUNS:
+        with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+            config = get_preference_config(name, [f"out_dir={work}"])
+            kind = DPOTrainer if config.method == "dpo" else GRPOTrainer
+            trainer, data_seconds = _trainer(config, progress, kind)
+            started = time.perf_counter()
+            trainer.train()
+            records[name] = _finish(trainer, out_root / name, data_seconds, time.perf_counter() - started)
+            models[name] = trainer.raw_model.eval()
+    from llmcourse.runs import load_model
+
+    models = {"cpu-sft": load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")[0], **models}
+    _write_json(out_root / "cpu-dpo" / "eval.json", evaluate_finetuned(models, base=False))
+    return records
 
 
 def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer) -> tuple[Trainer, float]:
@@ -253,7 +295,7 @@ def _write_json(path: Path, value) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("pretrain", "scaling", "finetune"))
+    parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -261,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.which == "pretrain":
         record = record_pretrain(args.out or RUNS / "cpu-tiny", args.overrides, not args.no_progress)
         print(f"{record['steps']} steps in {record['train_seconds']} s")
+    elif args.which == "finetune-eval":  # evaluate the recorded chapter-13 models again, without training
+        _write_json((args.out or RUNS) / "cpu-sft" / "eval.json", evaluate_finetuned(recorded_finetuned()))
+    elif args.which == "preference":
+        for name, record in record_preference(args.out or RUNS, not args.no_progress).items():
+            print(f"{name}: {record['steps']} steps, {record['train_seconds']} s")
     elif args.which == "finetune":
         for name, record in record_finetune(args.out or RUNS, not args.no_progress).items():
             print(f"{name}: {record['trainable_params']:,} trained parameters, {record['train_seconds']} s")

@@ -39,7 +39,8 @@ from llmcourse.data.tinyworld.streams import stable_fraction, stream_rng
 from llmcourse.data.tinyworld.world import World, world_for
 
 __all__ = ["GRADES", "SPLITS", "SYSTEM_PROMPTS", "PreferencePair", "Question", "arithmetic", "chats",
-           "grade_reply", "is_refusal", "preference_pairs", "question_for", "questions", "sums", "unknown_names"]
+           "grade_reply", "is_refusal", "preference_pairs", "question_for", "questions", "reward", "sums",
+           "unknown_names", "unknown_questions"]
 
 Message = dict[str, str]
 SPLITS = ("sft", "heldout", "unseen", "unknown", "arithmetic")
@@ -171,6 +172,13 @@ def unknown_names(world: World, count: int = 60) -> dict[str, str]:
     return names
 
 
+def unknown_questions(world: World) -> list[Question]:
+    """Every question about the `unknown_names` of `world` (each name, each relation of its kind,
+    the first phrasing): what a model should decline to answer."""
+    return [_unknown_question(name, kind, relation, 0, 0)
+            for name, kind in sorted(unknown_names(world).items()) for relation in RELATIONS[kind]]
+
+
 # ---------------------------------------------------------------------------------- grading
 
 _REFUSAL = re.compile(r"\bdon't know\b|\bdo not know\b", re.IGNORECASE)
@@ -179,6 +187,14 @@ _REFUSAL = re.compile(r"\bdon't know\b|\bdo not know\b", re.IGNORECASE)
 def is_refusal(reply: str) -> bool:
     """Whether `reply` declines to answer ("I don't know ...")."""
     return bool(_REFUSAL.search(reply))
+
+
+def reward(question: Question, reply: str) -> float:
+    """1.0 for the reply a program can verify as right, else 0.0: a correct answer to a known
+    question, a refusal about an entity nobody knows (chapter 14's verifiable reward)."""
+    grade = grade_reply(question, reply)
+    honest = question.split in ("unknown", "unseen") and grade == "refusal"
+    return float(grade == "correct" or honest)
 
 
 def grade_reply(question: Question, reply: str) -> str:
