@@ -46,11 +46,12 @@ from llmcourse.runs import TOKENIZER_NAME, save_weights, tokenizer_of
 from llmcourse.sampling import SamplingSettings
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train import Trainer
-from llmcourse.train_config import TrainConfig
+from llmcourse.train_config import TrainConfig, from_overrides
 
-__all__ = ["CHAT_ROLES", "END", "FINETUNE_CONFIGS", "IGNORE_INDEX", "ChatRows", "FinetuneConfig",
-           "FinetuneTrainer", "answer_questions", "check_messages", "chat_reply", "chat_rows",
-           "get_finetune_config", "pack_chats", "parse_chat", "render_chat", "sft_batch", "stream_reply"]
+__all__ = ["CHAT_ROLES", "END", "FINETUNE_CONFIGS", "IGNORE_INDEX", "ChatRows", "ChatSession", "FinetuneConfig",
+           "FinetuneTrainer", "answer_questions", "chat_reply", "chat_rows", "check_messages", "complete_questions",
+           "document_loss", "get_finetune_config", "grade_questions", "pack_chats", "parse_chat", "render_chat",
+           "resolve_init_from", "run_chat", "sft_batch", "stream_reply"]
 
 Message = dict[str, str]
 CHAT_ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -300,8 +301,6 @@ FINETUNE_CONFIGS: dict[str, FinetuneConfig] = {
 
 def get_finetune_config(name: str, overrides: Sequence[str] = ()) -> FinetuneConfig:
     """The named config of FINETUNE_CONFIGS with `key=value` overrides applied."""
-    from llmcourse.train_config import from_overrides
-
     check_choice("config", name, FINETUNE_CONFIGS, hint="a fine-tuning config")
     return from_overrides(FINETUNE_CONFIGS[name], overrides)
 
@@ -318,7 +317,7 @@ class FinetuneTrainer(Trainer):
     def __init__(self, config: FinetuneConfig, *, progress: bool = True) -> None:
         if not isinstance(config, FinetuneConfig):
             raise ArgumentError(f"config must be a FinetuneConfig (get_finetune_config), got {type(config).__name__}")
-        base_path = Path(config.init_from)
+        base_path = resolve_init_from(config.init_from)
         checkpoint = load_checkpoint(base_path)
         config = _fit_to_base(config, checkpoint["model_config"])
         tokenizer_path = tokenizer_of(base_path, checkpoint["tokenizer"])
@@ -381,10 +380,22 @@ class FinetuneTrainer(Trainer):
         checkpoint_path = self.save_checkpoint()
         written = save_weights(checkpoint_path or self.out_dir / CHECKPOINT_NAME, path)
         if self.config.lora_rank:
-            base = Path(self.config.init_from)
-            save_adapters(self.raw_model, path.parent / "adapters.pt", base=str(base),
-                          base_sha256=sha256_file(base))
+            save_adapters(self.raw_model, path.parent / "adapters.pt", base=str(self.config.init_from),
+                          base_sha256=sha256_file(self.base_path))
         return written
+
+
+COURSE_ROOT = Path(__file__).resolve().parents[1]  # the repository, when the package is installed from it
+
+
+def resolve_init_from(path: str | Path) -> Path:
+    """`path` as given; or, when it is relative and missing from here (a notebook in exercises/,
+    a shell elsewhere), the same path inside the course repository, where the book's recorded
+    runs (book/runs/...) live."""
+    path = Path(path)
+    if not path.exists() and not path.is_absolute() and (COURSE_ROOT / path).exists():
+        return COURSE_ROOT / path
+    return path
 
 
 def _fit_to_base(config: FinetuneConfig, model_config: dict[str, Any]) -> FinetuneConfig:
