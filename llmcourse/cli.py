@@ -11,7 +11,7 @@
     python -m llmcourse finetune --config cpu-sft [key=value ...] [--lora] [--resume]
     python -m llmcourse dpo      --config cpu-dpo [key=value ...] [--resume]
     python -m llmcourse grpo     --config cpu-grpo [key=value ...] [--resume]
-    python -m llmcourse chat     --checkpoint PATH [--message TEXT] [--system TEXT] [--temperature T]
+    python -m llmcourse chat     --checkpoint PATH [--adapters PATH] [--message TEXT] [--system TEXT] [--temperature T]
                                  [--max-new-tokens N] [--seed S]
 
 Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
@@ -179,6 +179,9 @@ def _add_finetune_commands(commands: argparse._SubParsersAction) -> None:
     )
     chat.add_argument("--checkpoint", required=True, type=Path, metavar="PATH",
                       help="a fine-tuned model, e.g. runs/cpu-sft/model.pt or book/runs/cpu-sft/model.pt")
+    chat.add_argument("--adapters", type=Path, metavar="PATH",
+                      help="LoRA adapters to apply to the checkpoint, e.g. book/runs/cpu-lora/adapters.pt "
+                      "on book/runs/cpu-tiny/model.pt")
     chat.add_argument("--message", metavar="TEXT", help="send this one message, print the reply and exit")
     chat.add_argument("--system", metavar="TEXT", help="a system message that starts the conversation")
     chat.add_argument("--temperature", type=float, default=0.0, metavar="T",
@@ -404,6 +407,11 @@ def _chat(args: argparse.Namespace) -> int:
     check_int("--max-new-tokens", args.max_new_tokens, 1, hint="the most tokens one reply may have")
     check_int("--seed", args.seed, 0, hint="any integer >= 0")
     model, tokenizer = load_model(args.checkpoint)
+    if args.adapters is not None:
+        from llmcourse.lora import load_adapters, merge_lora
+
+        load_adapters(model, args.adapters)
+        merge_lora(model)  # one matmul per layer again, as fast as the base model
     session = ChatSession(model, tokenizer, system=args.system, temperature=args.temperature,
                           max_new_tokens=args.max_new_tokens, seed=args.seed)
     if args.message is None:

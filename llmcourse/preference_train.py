@@ -183,7 +183,7 @@ class DPOTrainer(_PreferenceTrainer):
     def make_data(self, config: PreferenceConfig, tokenizer: Tokenizer) -> tuple[PairRows, PairRows]:
         n_val = max(1, round(config.n_pairs * config.val_fraction))
         pairs = list(itertools.islice(preference_pairs(config.world_seed), config.n_pairs + n_val))
-        length = config.block_size + 1
+        length = config.block_size  # a pair is one sequence through the model (no shifted copy)
         return pair_rows(tokenizer, pairs[:config.n_pairs], length), pair_rows(tokenizer, pairs[config.n_pairs:], length)
 
     def next_batch(self, rows: PairRows | None = None, generator: torch.Generator | None = None) -> tuple[Tensor, ...]:
@@ -209,14 +209,15 @@ class DPOTrainer(_PreferenceTrainer):
         loss = out.loss
         if self.config.nll_weight:  # keep the chosen replies likely: their mean loss per token (RPO)
             loss = loss - self.config.nll_weight * policy[:n].sum() / chosen_mask.sum()
-        self.stats = {"chosen_reward": out.chosen_rewards.mean().item(),
+        self.stats = {"dpo_loss": out.loss.item(), "chosen_reward": out.chosen_rewards.mean().item(),
                       "rejected_reward": out.rejected_rewards.mean().item(),
                       "margin": out.margins.mean().item(), "accuracy": float(out.accuracy)}
         return loss
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """DPO loss, reward accuracy and margin on the same batches of training and validation pairs."""
+        """The loss (with the NLL term, if any), the DPO loss alone, reward accuracy and margin on the
+        same batches of training and validation pairs."""
         self.raw_model.eval()
         result: dict[str, Any] = {"step": self.step}
         for split, rows in (("train", self.train_tokens), ("val", self.val_tokens)):
@@ -230,7 +231,8 @@ class DPOTrainer(_PreferenceTrainer):
     def _evaluate_batch(self, batch: tuple[Tensor, ...]) -> dict[str, float]:
         with self.autocast():
             loss = self.batch_loss(batch).item()
-        return {"loss": loss, "accuracy": self.stats["accuracy"], "margin": self.stats["margin"]}
+        return {"loss": loss, "dpo_loss": self.stats["dpo_loss"], "accuracy": self.stats["accuracy"],
+                "margin": self.stats["margin"]}
 
 
 # ---------------------------------------------------------------------------------- GRPO
@@ -275,8 +277,11 @@ class GRPOTrainer(_PreferenceTrainer):
             old = token_logprobs(self.raw_model(ids)[0], ids)
         self.raw_model.train()
         advantages = group_advantages(rewards.view(config.batch_size, config.group_size)).flatten()
+        by_group = rewards.view(config.batch_size, config.group_size)
         self.stats = {"reward": rewards.mean().item(),
-                      "solved_groups": (rewards.view(config.batch_size, -1).max(1).values > 0).float().mean().item()}
+                      "solved_groups": (by_group.max(1).values > 0).float().mean().item(),
+                      # the groups whose replies differ in reward: the only ones with a gradient
+                      "signal_groups": (by_group.max(1).values > by_group.min(1).values).float().mean().item()}
         return {"ids": ids, "mask": mask, "advantages": advantages.to(self.device), "old_logprobs": old}
 
     def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:

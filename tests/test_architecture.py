@@ -94,6 +94,7 @@ CHAPTERS: dict[str, int | str] = {
     # 14 preferences
     "preference": 14,
     "preference_train": 14,
+    "widgets/preference": 14,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,

@@ -118,6 +118,8 @@ def test_arithmetic_splits_are_disjoint_and_graded_by_the_last_number():
     a, b = map(int, question.subject.split("+"))
     assert grade_reply(question, f"{a} plus {b} is {a + b}.") == "correct"
     assert grade_reply(question, f"{a} plus {b} is {a + b + 1}.") == "wrong"
+    assert grade_reply(question, f"{a} plus {b} is.") == "wrong"  # the question's numbers are no answer
+    assert grade_reply(question, f"{a + b}") == "correct"
     with pytest.raises(ArgumentError):
         arithmetic(0, largest=0)
 

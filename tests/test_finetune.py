@@ -284,7 +284,12 @@ def test_finetune_then_chat_commands(base, tmp_path, capsys):
     assert "pass --resume" in capsys.readouterr().err
     assert main(["chat", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--message", "Where is Velora?",
                  "--max-new-tokens", "5"]) == 0
-    assert capsys.readouterr().out.endswith("\n")
+    out = capsys.readouterr().out
+    assert out.endswith("\n")
+    adapters = ["chat", "--checkpoint", base, "--adapters", str(tmp_path / "run" / "adapters.pt"), "--message",
+                "Where is Velora?", "--max-new-tokens", "5"]
+    assert main(adapters) == 0
+    assert capsys.readouterr().out == out  # base + adapters answers as the merged model does
     assert main(["chat", "--checkpoint", str(tmp_path / "run"), "--message", "hi"]) == 1
     assert "did you mean" in capsys.readouterr().err
     assert main(["finetune", "--no-progress", "--config", "cpu-sftt"]) == 1

@@ -163,7 +163,8 @@ DELEGATING_ANSWERS: dict[str, dict[str, str]] = {
             "def dpo_loss_from_logprobs(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):\n"
             "    out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta)\n"
             "    return out.loss, out.chosen_rewards, out.rejected_rewards\n"),
-        "group_normalised_advantages": "from llmcourse.preference import group_advantages as group_normalised_advantages",
+        "group_normalised_advantages": (
+            "from llmcourse.preference import group_advantages as group_normalised_advantages\n"),
     },
 }
 

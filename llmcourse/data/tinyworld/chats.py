@@ -38,7 +38,7 @@ from llmcourse.data.tinyworld.names import CHARACTER_NAMES, COUNTRY_NAMES, TOWN_
 from llmcourse.data.tinyworld.streams import stable_fraction, stream_rng
 from llmcourse.data.tinyworld.world import World, world_for
 
-__all__ = ["GRADES", "SPLITS", "SYSTEM_PROMPTS", "PreferencePair", "Question", "arithmetic", "chats",
+__all__ = ["ARITHMETIC_SHARE", "GRADES", "SPLITS", "SYSTEM_PROMPTS", "PreferencePair", "Question", "arithmetic", "chats",
            "grade_reply", "is_refusal", "preference_pairs", "question_for", "questions", "reward", "sums",
            "unknown_names", "unknown_questions"]
 
@@ -205,9 +205,9 @@ def grade_reply(question: Question, reply: str) -> str:
         return "refusal"
     if question.split in ("unknown", "unseen") or not question.values:
         return "wrong"
-    if question.split == "arithmetic":  # the last number said is the answer given
-        numbers = re.findall(r"\d+", reply)
-        return "correct" if numbers and numbers[-1] == question.values[0] else "wrong"
+    if question.split == "arithmetic":  # the answer is the first number after the last " is"
+        numbers = re.findall(r"\d+", reply.rsplit(" is", 1)[-1])
+        return "correct" if numbers and numbers[0] == question.values[0] else "wrong"
     named = all(re.search(rf"\b{re.escape(value)}\b", reply, re.IGNORECASE) for value in question.values)
     return "correct" if named else "wrong"
 
