@@ -10,8 +10,9 @@ Both start from a fine-tuned checkpoint (chapter 13's `cpu-sft` by default) and 
                   and facts), samples `group_size` replies to each with the current model, rewards
                   the right ones (`chats.reward`: a correct answer, or a refusal about an
                   entity nobody knows), and takes one step on `preference.grpo_loss` with
-                  `group_advantages` (on-policy: the sampling model is the one trained, so the
-                  ratio starts at 1 and the clip guards the step's later micro-batches)
+                  `group_advantages` (on-policy: every micro-batch of a step is sampled by the
+                  model before the step's one update, so the ratio is 1 and the clip never
+                  binds here; it matters when samples are reused for several updates, as PPO does)
 
     python -m llmcourse dpo  --config cpu-dpo
     python -m llmcourse grpo --config cpu-grpo
