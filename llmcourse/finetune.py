@@ -345,10 +345,15 @@ class FinetuneTrainer(Trainer):
         """This rank's slice `(B, T)` of a global batch of rows drawn at random (targets masked)."""
         rows = self.train_tokens if rows is None else rows
         generator = self.batch_generator if generator is None else generator
-        b, world = self.config.batch_size, self.dist.world_size
-        picks = torch.randint(len(rows), (b * world,), generator=generator)[self.dist.rank * b:(self.dist.rank + 1) * b]
-        x, y = sft_batch(rows, picks)
+        x, y = sft_batch(rows, self.pick_rows(len(rows), generator))
         return x.to(self.device), y.to(self.device)
+
+    def pick_rows(self, n_rows: int, generator: torch.Generator) -> Tensor:
+        """This rank's `(B,)` slice of a global batch of row indices drawn uniformly from `n_rows`:
+        every rank draws the same global batch, so N processes train on what one process would."""
+        b = self.config.batch_size
+        picks = torch.randint(n_rows, (b * self.dist.world_size,), generator=generator)
+        return picks[self.dist.rank * b:(self.dist.rank + 1) * b]
 
     @torch.no_grad()
     def sample(self, prompt: str, max_new_tokens: int = 48, temperature: float = 0.0) -> str:

@@ -123,15 +123,23 @@ def response_rows(tokenizer: Tokenizer, prompts: Sequence[list[dict[str, str]]],
                   length: int) -> tuple[Tensor, Tensor]:
     """Each prompt followed by its reply, rendered as a chat and right-padded to `length`: ids and
     response mask `(N, length)`. A chat longer than `length` is an error (nothing is cut)."""
-    pad = tokenizer.special_tokens[ENDOFTEXT]
-    ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
+    rendered = []
     for row, (prompt, reply) in enumerate(zip(prompts, replies, strict=True)):
         chat_ids, chat_mask = render_chat(tokenizer, [*prompt, {"role": "assistant", "content": reply}])
         if len(chat_ids) > length:
             raise ArgumentError(f"pair {row} has {len(chat_ids)} tokens, more than {length}; use shorter pairs")
-        ids[row, :len(chat_ids)] = torch.tensor(chat_ids)
-        mask[row, :len(chat_mask)] = torch.tensor(chat_mask)
+        rendered.append((chat_ids, chat_mask))
+    return _right_pad(rendered, length, tokenizer.special_tokens[ENDOFTEXT])
+
+
+def _right_pad(rows: Sequence[tuple[list[int], list[bool]]], length: int, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Rows of (ids, mask), each at most `length` long, as tensors `(N, length)`: ids padded with
+    `pad_id`, mask padded with False."""
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for row, (row_ids, row_mask) in enumerate(rows):
+        ids[row, :len(row_ids)] = torch.tensor(row_ids)
+        mask[row, :len(row_mask)] = torch.tensor(row_mask)
     return ids, mask
 
 
@@ -192,8 +200,7 @@ class DPOTrainer(_PreferenceTrainer):
         the longest row (padding only costs time)."""
         rows = self.train_tokens if rows is None else rows
         generator = self.batch_generator if generator is None else generator
-        b, world = self.config.batch_size, self.dist.world_size
-        picks = torch.randint(len(rows), (b * world,), generator=generator)[self.dist.rank * b:(self.dist.rank + 1) * b]
+        picks = self.pick_rows(len(rows), generator)
         masks = rows.chosen_mask[picks] | rows.rejected_mask[picks]
         length = int(masks.nonzero()[:, 1].max()) + 1
         tensors = (rows.chosen, rows.chosen_mask, rows.rejected, rows.rejected_mask)
@@ -264,9 +271,10 @@ class GRPOTrainer(_PreferenceTrainer):
         asked = self.train_tokens if asked is None else asked
         generator = self.batch_generator if generator is None else generator
         config = self.config
-        picks = torch.randint(len(asked), (config.batch_size,), generator=generator).tolist()
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+        picks = self.pick_rows(len(asked), generator).tolist()  # this rank's questions
         group = [asked[i] for i in picks for _ in range(config.group_size)]
+        # one draw on every rank; each rank's replies then use their own seeds (generate: seed + row)
+        seed = int(torch.randint(2**31 - 1, (1,), generator=generator)) + self.dist.rank * len(group)
         prompts = [render_chat(self.tokenizer, q.messages(), add_generation_prompt=True)[0] for q in group]
         completions = generate(self.raw_model, self.tokenizer, prompts, config.max_new_tokens,
                                SamplingSettings(temperature=config.temperature), seed=seed)
@@ -311,11 +319,5 @@ class GRPOTrainer(_PreferenceTrainer):
 def _sampled_rows(prompts: list[list[int]], replies: list[list[int]], tokenizer: Tokenizer) -> tuple[Tensor, Tensor]:
     """Prompt + sampled reply tokens per row, right-padded: ids and response mask `(N, L)`. A reply
     that ended at a special token keeps it (the model chose to stop: that choice is rewarded too)."""
-    length = max(len(p) + len(r) for p, r in zip(prompts, replies))
-    pad = tokenizer.special_tokens[ENDOFTEXT]
-    ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), length), dtype=torch.bool)
-    for row, (prompt, reply) in enumerate(zip(prompts, replies)):
-        ids[row, :len(prompt) + len(reply)] = torch.tensor(prompt + reply)
-        mask[row, len(prompt):len(prompt) + len(reply)] = True
-    return ids, mask
+    rows = [(prompt + reply, [False] * len(prompt) + [True] * len(reply)) for prompt, reply in zip(prompts, replies)]
+    return _right_pad(rows, max(len(ids) for ids, _ in rows), tokenizer.special_tokens[ENDOFTEXT])
