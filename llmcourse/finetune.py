@@ -39,7 +39,7 @@ from llmcourse.checks import ArgumentError, check_choice, check_int, check_real
 from llmcourse.data.tinyworld import World
 from llmcourse.data.tinyworld.chats import Question, chats, grade_reply
 from llmcourse.device import seed_everything
-from llmcourse.generate import generate, stream
+from llmcourse.generate import Completion, generate, stream
 from llmcourse.lora import ATTENTION_TARGETS, DEFAULT_TARGETS, inject_lora, load_lora_state_dict, lora_state_dict, merged_state_dict, save_adapters
 from llmcourse.model import GPT
 from llmcourse.runs import TOKENIZER_NAME, save_weights, tokenizer_of
@@ -48,10 +48,11 @@ from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train import Trainer
 from llmcourse.train_config import TrainConfig, from_overrides
 
-__all__ = ["CHAT_ROLES", "END", "FINETUNE_CONFIGS", "IGNORE_INDEX", "ChatRows", "ChatSession", "FinetuneConfig",
-           "FinetuneTrainer", "answer_questions", "chat_reply", "chat_rows", "check_messages", "complete_questions",
-           "document_loss", "get_finetune_config", "grade_questions", "pack_chats", "parse_chat", "render_chat",
-           "resolve_init_from", "run_chat", "sft_batch", "stream_reply"]
+__all__ = ["CHAT_ROLES", "CLOZE_STOP", "END", "FINETUNE_CONFIGS", "IGNORE_INDEX", "ChatRows", "ChatSession",
+           "FinetuneConfig", "FinetuneTrainer", "answer_questions", "chat_reply", "chat_rows", "check_messages",
+           "complete_questions", "document_loss", "get_finetune_config", "grade_questions", "greedy_completions",
+           "pack_chats", "parse_chat", "question_prompts", "render_chat", "resolve_init_from", "run_chat",
+           "sft_batch", "stream_reply"]
 
 Message = dict[str, str]
 CHAT_ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -203,31 +204,47 @@ def stream_reply(model: GPT, tokenizer: Tokenizer, messages: Sequence[Message], 
     return stream(model, tokenizer, prompt, max_new_tokens, settings or SamplingSettings(temperature=0), seed=seed)
 
 
+def question_prompts(tokenizer: Tokenizer, questions: Sequence[Question], *, chat: bool = True,
+                     system: str | None = None) -> list[list[int]]:
+    """The token ids that ask each question: a one-turn chat ending in "<|assistant|>" (`chat`), or
+    for a model that only completes text, a new document starting with the question's `cloze`."""
+    if chat:
+        return [_reply_prompt(tokenizer, q.messages(system)) for q in questions]
+    eot = tokenizer.special_tokens[ENDOFTEXT]
+    return [[eot] + tokenizer.encode_ordinary(q.cloze) for q in questions]
+
+
+def greedy_completions(model: GPT, tokenizer: Tokenizer, prompts: Sequence[list[int]], max_new_tokens: int, *,
+                       stop: Sequence[str] = (), batch_size: int = 64, progress: bool = False) -> list[Completion]:
+    """Each prompt's greedy continuation, `batch_size` prompts at a time (one `Completion` each, in order)."""
+    check_int("batch_size", batch_size, 1)
+    completions: list[Completion] = []
+    for start in range(0, len(prompts), batch_size):
+        completions += generate(model, tokenizer, list(prompts[start:start + batch_size]), max_new_tokens,
+                                SamplingSettings(temperature=0), stop=stop, progress=progress)
+    return completions
+
+
 def answer_questions(model: GPT, tokenizer: Tokenizer, questions: Sequence[Question], *,
                      system: str | None = None, max_new_tokens: int = 40, batch_size: int = 64,
                      progress: bool = False) -> list[str]:
     """Greedy replies to each question, asked as a one-turn chat, in batches."""
-    check_int("batch_size", batch_size, 1)
-    replies: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        prompts = [_reply_prompt(tokenizer, q.messages(system)) for q in questions[start:start + batch_size]]
-        replies += [c.text for c in generate(model, tokenizer, prompts, max_new_tokens,
-                                             SamplingSettings(temperature=0), progress=progress)]
-    return replies
+    prompts = question_prompts(tokenizer, questions, system=system)
+    return [c.text for c in greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size,
+                                               progress=progress)]
+
+
+CLOZE_STOP = "."  # a completed sentence ends a cloze answer
 
 
 def complete_questions(model: GPT, tokenizer: Tokenizer, questions: Sequence[Question], *,
                        max_new_tokens: int = 16, batch_size: int = 64) -> list[str]:
     """How a document completer answers: each question's `cloze` ("The capital of Velora is")
     continued greedily to the end of its sentence; the reply is the whole sentence."""
-    check_int("batch_size", batch_size, 1)
-    replies: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        batch = questions[start:start + batch_size]
-        completions = generate(model, tokenizer, [q.cloze for q in batch], max_new_tokens,
-                               SamplingSettings(temperature=0), stop=["."])
-        replies += [f"{q.cloze}{c.text}." for q, c in zip(batch, completions)]
-    return replies
+    prompts = question_prompts(tokenizer, questions, chat=False)
+    completions = greedy_completions(model, tokenizer, prompts, max_new_tokens, stop=[CLOZE_STOP],
+                                     batch_size=batch_size)
+    return [f"{q.cloze}{c.text}{CLOZE_STOP}" for q, c in zip(questions, completions)]
 
 
 @torch.no_grad()
