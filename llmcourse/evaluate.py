@@ -159,6 +159,17 @@ class Answers:
     def shares(self) -> dict[str, float]:
         return {grade: self.share(grade) for grade in GRADES}
 
+    def to_dict(self) -> dict[str, list]:
+        """The replies, grades and confidences as JSON-ready lists (the questions are not kept)."""
+        return {"replies": self.replies, "grades": self.grades, "confidences": self.confidences}
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, list]) -> Answers:
+        """Answers written by `to_dict` (with an empty `questions` list)."""
+        if not len(saved["replies"]) == len(saved["grades"]) == len(saved["confidences"]):
+            raise ArgumentError("replies, grades and confidences must have one entry per answer")
+        return cls([], list(saved["replies"]), list(saved["grades"]), [float(c) for c in saved["confidences"]])
+
 
 def ask(model: GPT, tokenizer: Tokenizer, asked: Sequence[Question], *, chat: bool = True,
         max_new_tokens: int = 40, batch_size: int = 64) -> Answers:
