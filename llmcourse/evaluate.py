@@ -45,9 +45,10 @@ from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train import Trainer
 from llmcourse.train_config import TrainConfig
 
-__all__ = ["REPORT_ROWS", "REPORT_SCHEMA", "Answers", "TextLoss", "abstention_score", "answer_confidences", "ask",
-           "expected_calibration_error", "format_reports", "heldout_documents", "heldout_loss", "ngram_overlap",
-           "penalty_for", "reliability_bins", "report_card", "story_statistics", "words"]
+__all__ = ["REPORT_ROWS", "REPORT_SCHEMA", "Answers", "OnePassTrainer", "TextLoss", "abstention_score",
+           "answer_confidences", "ask", "expected_calibration_error", "format_reports", "frequency_experiment",
+           "heldout_documents", "heldout_loss", "ngram_overlap", "penalty_for", "reliability_bins", "report_card",
+           "story_statistics", "words"]
 
 REPORT_SCHEMA = "llmcourse.report_card/1"
 # Held-out documents are drawn from streams no training run uses: same world, new documents.
@@ -452,13 +453,13 @@ class OnePassTrainer(Trainer):
         if windows < config.batch_size:
             raise ArgumentError(f"{len(self.train_tokens)} training tokens make {windows} windows of "
                                 f"block_size={config.block_size}, fewer than one batch of {config.batch_size}")
-        self.passes_steps = windows // config.batch_size  # steps in one pass
+        self.steps_per_pass = windows // config.batch_size
 
     def next_batch(self, tokens=None, generator=None) -> tuple[Tensor, Tensor]:
         if tokens is not None:  # evaluation: random windows of the validation tokens, as usual
             return super().next_batch(tokens, generator)
         t, b = self.config.block_size, self.config.batch_size
-        first = (self.step % self.passes_steps) * b * t
+        first = (self.step % self.steps_per_pass) * b * t
         window = torch.as_tensor(self.train_tokens[first:first + b * t + 1].astype("int64"))
         x, y = window[:-1].view(b, t), window[1:].view(b, t)
         return x.to(self.device), y.to(self.device)
@@ -467,26 +468,38 @@ class OnePassTrainer(Trainer):
 def frequency_experiment(config: TrainConfig, tokenizer: Tokenizer, *, model: GPT | None = None, world_seed: int = 2,
                          story_seed: int = 0, story_chars: int = 1_000_000,
                          progress: bool = False) -> tuple[GPT, dict]:
-    """Train a model once through `frequency_corpus` (each fact of the world stated 1, 2, 5 or 20 times
-    among stories about another world), then ask every fact as a cloze, by how often it was stated.
+    """Train `model` (a copy; None: a new one) once through `frequency_corpus`: each fact of the world
+    of `world_seed` stated 1, 2, 5 or 20 times among stories about the world of `story_seed`. Then
+    ask every fact as a cloze and sort the results by how often the fact was stated.
 
-    Returns the trained model and, per count (0 = entities never seen): the number of questions, the share answered
-    correctly, the mean confidence and the ECE; the share of facts seen exactly once; the run's
-    steps and final losses. Subjects whose names the story world also uses are not asked.
+    Returns the trained model and a dict: "after" (and, for a given model, "before" training), each
+    {count: {"n", "correct", "confidence", "ece"}} with count 0 for the entities never stated; the
+    share of facts stated exactly once; the run's steps, tokens and last loss. Subjects whose names
+    the story world also uses are not asked (its stories say other things about them).
     """
     world, story_world = World.generate(world_seed), World.generate(story_seed)
-    texts = frequency_corpus(world, story_chars, story_world=story_world, seed=config.seed)
-    eot = tokenizer.special_tokens[ENDOFTEXT]
-    ids = np.array([token for text in texts for token in [eot] + tokenizer.encode_ordinary(text)], dtype=np.int64)
-    val = np.array([token for text in heldout_documents(200_000, story_seed)
-                    for token in [eot] + tokenizer.encode_ordinary(text)], dtype=np.int64)
+    ids = _token_stream(tokenizer, frequency_corpus(world, story_chars, story_world=story_world, seed=config.seed))
+    val = _token_stream(tokenizer, heldout_documents(200_000, story_seed))
     config = dataclasses.replace(config, max_steps=(len(ids) - 1) // config.block_size // config.batch_size)
-    model = copy.deepcopy(model) if model is not None else None  # the caller's model stays as it was
-    trainer = OnePassTrainer(config, model=model, tokenizer=tokenizer, train_tokens=ids, val_tokens=val,
-                             progress=progress)
-    losses = trainer.train()
-    model = trainer.raw_model.eval()
     asked = frequency_questions(world, story_world=story_world)
+    result = {"before": _accuracy_by_count(model, tokenizer, asked)} if model is not None else {}
+    trainer = OnePassTrainer(config, model=copy.deepcopy(model) if model is not None else None, tokenizer=tokenizer,
+                             train_tokens=ids, val_tokens=val, progress=progress)
+    losses = trainer.train()
+    trained = trainer.raw_model.eval()
+    result["after"] = _accuracy_by_count(trained, tokenizer, asked)
+    stated = {count: len(items) for count, items in asked.items() if count > 0}
+    return trained, result | {"singleton_share": stated.get(1, 0) / sum(stated.values()), "steps": trainer.step,
+                              "train_tokens": len(ids), "final_loss": losses[-1]}
+
+
+def _token_stream(tokenizer: Tokenizer, texts: Sequence[str]) -> np.ndarray:
+    """The documents as one array of ids, each after an end-of-text token (as in a token file)."""
+    eot = tokenizer.special_tokens[ENDOFTEXT]
+    return np.array([token for text in texts for token in [eot] + tokenizer.encode_ordinary(text)], dtype=np.int64)
+
+
+def _accuracy_by_count(model: GPT, tokenizer: Tokenizer, asked: dict[int, list[Question]]) -> dict[int, dict]:
     by_count = {}
     for count, items in asked.items():
         answers = ask(model, tokenizer, items, chat=False)
@@ -494,6 +507,4 @@ def frequency_experiment(config: TrainConfig, tokenizer: Tokenizer, *, model: GP
         by_count[count] = {"n": len(items), "correct": sum(correct) / len(items),
                            "confidence": sum(answers.confidences) / len(items),
                            "ece": expected_calibration_error(answers.confidences, correct)}
-    seen = {count: entry["n"] for count, entry in by_count.items() if count > 0}
-    return model, {"by_count": by_count, "singleton_share": seen.get(1, 0) / sum(seen.values()), "steps": trainer.step,
-                   "train_tokens": len(ids), "final_loss": losses[-1]}
+    return by_count

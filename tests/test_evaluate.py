@@ -288,3 +288,24 @@ def test_one_pass_trainer_reads_the_tokens_once_in_order(micro_tokenizer, tmp_pa
         trainer.step += 1
     assert torch.equal(torch.cat(seen[:2]), torch.as_tensor(tokens[:-1]))
     assert torch.equal(seen[2], seen[0])  # a second pass starts again
+
+
+def test_frequency_experiment_end_to_end_on_a_micro_model(micro, tmp_path):
+    from llmcourse.evaluate import frequency_experiment
+
+    model, tokenizer = micro
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = TrainConfig(model={"n_layer": 1, "n_head": 2, "n_embd": 16}, batch_size=16, block_size=64,
+                         max_steps=1, warmup_steps=0, eval_every=0, sample_every=0, checkpoint_every=0,
+                         out_dir=str(tmp_path))
+    trained, result = frequency_experiment(config, tokenizer, model=model, story_chars=5_000)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is kept
+    assert not torch.equal(trained.blocks[0].mlp.fc_in.weight, model.blocks[0].mlp.fc_in.weight)
+    asked = frequency_questions(World.generate(2), story_world=World.generate(0))
+    for when in ("before", "after"):
+        assert sorted(result[when]) == [0, *COUNTS]
+        assert all(result[when][count]["n"] == len(asked[count]) for count in asked)
+        assert all(0 <= entry["correct"] <= 1 and 0 <= entry["confidence"] <= 1 for entry in result[when].values())
+    assert result["after"][0]["correct"] == 0  # nothing about a never-stated entity can be graded correct
+    assert result["singleton_share"] == pytest.approx(len(asked[1]) / sum(len(asked[c]) for c in COUNTS))
+    assert result["steps"] == (result["train_tokens"] - 1) // (16 * 64)

@@ -66,11 +66,13 @@ def reliability_figure(named: Mapping[str, Answers], n_bins: int = 10, title: st
 
 
 def abstention_figure(answers: Answers, break_evens: Sequence[float] = BREAK_EVENS, *,
-                      threshold: float | None = None, title: str | None = None) -> Figure:
+                      threshold: float | None = None, title: str | None = None, ax=None) -> Figure:
     """The mean score against the abstention threshold, one line per penalty t / (1 - t), with each
-    line's best threshold marked (and `threshold`, if given, as a vertical line)."""
-    fig = Figure(figsize=(6.4, 3.6), layout="constrained")
-    ax = fig.subplots()
+    line's best threshold marked (and `threshold`, if given, as a vertical line); drawn on `ax`
+    (a matplotlib Axes) if given, else on a new figure."""
+    if ax is None:
+        ax = Figure(figsize=(6.4, 3.6), layout="constrained").subplots()
+    fig = ax.figure
     for t in break_evens:
         scores = abstention_curve(answers, penalty_for(t))
         best = max(range(len(GRID)), key=scores.__getitem__)
