@@ -166,6 +166,27 @@ DELEGATING_ANSWERS: dict[str, dict[str, str]] = {
         "group_normalised_advantages": (
             "from llmcourse.preference import group_advantages as group_normalised_advantages\n"),
     },
+    "15-evaluation": {
+        "expected_calibration_error": (
+            "from llmcourse.evaluate import reliability_bins\n\n\n"
+            "def expected_calibration_error(confidences, correct, n_bins=10):\n"
+            "    bins = reliability_bins(confidences, correct, n_bins)\n"
+            "    share = bins['count'] / bins['count'].sum()\n"
+            "    return float((share * (bins['accuracy'] - bins['confidence']).abs()).sum())\n"),
+        "bits_per_byte": (  # what the chapter's heldout_loss does
+            "def bits_per_byte(logits, targets, token_bytes):\n"
+            "    nats = F.cross_entropy(logits.double(), targets, ignore_index=-1, reduction='sum')\n"
+            "    return float(nats / math.log(2) / token_bytes[targets[targets >= 0]].sum())\n"),
+        "best_threshold": (
+            "from llmcourse.evaluate import Answers, abstention_score\n\n\n"
+            "def best_threshold(confidences, correct, penalty):\n"
+            "    confidences = [float(c) for c in confidences]\n"
+            "    grades = ['correct' if right else 'wrong' for right in correct]\n"
+            "    answers = Answers([], [''] * len(confidences), grades, confidences)\n"
+            "    scores = {t: abstention_score(answers, penalty, t)['score'] for t in sorted({0.0, *confidences})}\n"
+            "    best = max(scores.values())\n"
+            "    return min(t for t, s in scores.items() if s == best) if best >= 0 else math.inf\n"),
+    },
 }
 
 
