@@ -460,7 +460,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--report {path}: no such file; write one with eval --checkpoint X --out {path}")
         cards |= json.loads(path.read_text(encoding="utf-8"))
     for path in args.checkpoint:
-        config = load_checkpoint(path)["config"]  # the run's settings: was it fine-tuned, on which world?
+        config = load_checkpoint(path).get("config") or {}  # the run's settings: fine-tuned? which world?
         chat = "init_from" in config if args.ask == "auto" else args.ask == "chat"
         model, tokenizer = load_model(path)
         cards[str(path)] = report_card(model, tokenizer, chat=chat, world_seed=config.get("world_seed", 0),
