@@ -161,16 +161,22 @@ def _parse_value(key: str, text: str, annotation: str) -> Any:
     return text
 
 
+# Readable TinyWorld stories within minutes on 2 CPU cores (book/runs/cpu-tiny/run.json has the
+# recorded run: its time, machine and losses).
+_CPU_TINY = TrainConfig(
+    corpus_chars=16_000_000, vocab_size=1024,
+    model={"n_layer": 4, "n_head": 4, "n_embd": 128},
+    batch_size=32, block_size=128, max_steps=1500, lr=2e-3, min_lr=2e-4, warmup_steps=100,
+    eval_every=100, eval_batches=10, sample_every=500, checkpoint_every=500, log_every=10,
+    out_dir="runs/cpu-tiny",
+)
+
 CONFIGS: dict[str, TrainConfig] = {
-    # Readable TinyWorld stories within minutes on 2 CPU cores (book/runs/cpu-tiny/run.json has the
-    # recorded run: its time, machine and losses).
-    "cpu-tiny": TrainConfig(
-        corpus_chars=16_000_000, vocab_size=1024,
-        model={"n_layer": 4, "n_head": 4, "n_embd": 128},
-        batch_size=32, block_size=128, max_steps=1500, lr=2e-3, min_lr=2e-4, warmup_steps=100,
-        eval_every=100, eval_batches=10, sample_every=500, checkpoint_every=500, log_every=10,
-        out_dir="runs/cpu-tiny",
-    ),
+    "cpu-tiny": _CPU_TINY,
+    # cpu-tiny with rotary positions, whose context chapter 16 extends (book/runs/cpu-rope); the
+    # same data settings, so it reuses cpu-tiny's tokenizer and token file.
+    "cpu-rope": dataclasses.replace(_CPU_TINY, model={**_CPU_TINY.model, "position": "rope"},
+                                    out_dir="runs/cpu-rope"),
     # GPT-2 small's shape (12 layers, 12 heads, width 768, 1024 positions) on one GPU, bf16.
     "gpu-small": TrainConfig(
         corpus_chars=200_000_000, vocab_size=1536,  # TinyWorld has about 1700 useful tokens

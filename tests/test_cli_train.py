@@ -42,7 +42,7 @@ def test_pretrain_then_resume_then_sample(run, tmp_path, capsys):
 
 def test_bad_settings_and_files_are_explained(run, tmp_path, capsys):
     assert main(["pretrain", "--config", "huge"]) == 1
-    assert "unknown config 'huge'; choose one of cpu-tiny, gpu-small" in capsys.readouterr().err
+    assert "unknown config 'huge'; choose one of cpu-tiny, cpu-rope, gpu-small" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(tmp_path / "none.pt"), "--prompt", "x"]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
     assert main(["sample", "--prompt", "x"]) == 2  # --checkpoint is required

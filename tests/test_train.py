@@ -75,10 +75,10 @@ def test_bad_overrides_are_named(override, message):
 
 
 def test_named_configs_are_valid_and_unknown_names_are_refused():
-    assert set(CONFIGS) == {"cpu-tiny", "gpu-small"}
+    assert set(CONFIGS) == {"cpu-tiny", "cpu-rope", "gpu-small"}
     small = CONFIGS["gpu-small"].gpt_config(vocab_size=50257)
     assert (small.n_layer, small.n_head, small.n_embd, small.block_size) == (12, 12, 768, 1024)  # GPT-2 small
-    with pytest.raises(ValueError, match="unknown config 'big'; choose one of cpu-tiny, gpu-small"):
+    with pytest.raises(ValueError, match="unknown config 'big'; choose one of cpu-tiny, cpu-rope, gpu-small"):
         get_config("big")
 
 

@@ -10,6 +10,7 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py finetune   # chapter 13: cpu-sft and cpu-lora from cpu-tiny, evaluated
     .venv/bin/python book/runs/record.py finetune-eval   # chapter 13's evaluation again, of the recorded models
     .venv/bin/python book/runs/record.py preference # chapter 14: cpu-dpo and cpu-grpo from cpu-sft, evaluated
+    .venv/bin/python book/runs/record.py context    # chapter 16: cpu-rope, extended to 2x and 4x its context
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
 so changing the config means recording again.
@@ -227,9 +228,98 @@ def record_preference(out_root: Path, progress: bool = True) -> dict[str, dict]:
     return records
 
 
-def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer) -> tuple[Trainer, float]:
+# ---------------------------------------------------------------------------------- chapter 16
+
+# Continued pretraining of cpu-rope at LONG_FACTOR times its context, once per way of extending it
+# (Chen et al. 2023 fine-tune position-interpolated models on long windows of pretraining text):
+# as many tokens per step as pretraining (rows LONG_FACTOR times longer, LONG_FACTOR times fewer),
+# at about pretraining's final learning rate.
+LONG_FACTOR = 2
+LONG_OVERRIDES = ("max_steps=120", "warmup_steps=12", "lr=2e-4", "min_lr=2e-5", "eval_every=40",
+                  "sample_every=0", "checkpoint_every=0")
+CONTEXT_FACTORS = (1, 2, 4)  # every model is measured at these multiples of cpu-rope's context
+PROBES = 64  # retrieval prompts per length and kind
+NEAR_DISTANCE = 48  # "near" retrieval: the story starts this many tokens before its question
+CURVE_BUCKET = 16  # positions per point of the recorded loss curves
+POSITION_WINDOWS = 64  # held-out windows per loss curve
+
+
+def record_context(out_root: Path, overrides: Sequence[str] = (), progress: bool = True) -> dict[str, dict]:
+    """Pretrain cpu-rope (with `overrides`) into out_root/cpu-rope (run.json, metrics.jsonl, model.pt,
+    tokenizer.json); continue its pretraining at LONG_FACTOR times the context, once per extension
+    method, into out_root/cpu-rope-long/<method>/ (run.json and metrics.jsonl: the page shows what
+    they did, not a model to load); then measure all of them at CONTEXT_FACTORS times the context
+    into out_root/cpu-rope/context.json."""
+    from llmcourse.context import EXTENSION_METHODS, extend_context
+
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        config = get_config("cpu-rope", [*overrides, f"out_dir={work}"])
+        trainer, data_seconds = _trainer(config, progress)
+        started = time.perf_counter()
+        trainer.train()
+        out_dir = out_root / "cpu-rope"
+        records = {"cpu-rope": _finish(trainer, out_dir, data_seconds, time.perf_counter() - started)}
+        save_weights(Path(work) / CHECKPOINT_NAME, out_dir / "model.pt")
+    base, tokenizer, val_tokens = trainer.raw_model.eval(), trainer.tokenizer, trainer.val_tokens
+    models = {("pretrained", method): base for method in EXTENSION_METHODS}
+    long_block = LONG_FACTOR * config.block_size
+    for method in EXTENSION_METHODS:
+        with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+            settings = [*LONG_OVERRIDES, *overrides, f"block_size={long_block}",
+                        f"batch_size={max(1, config.batch_size // LONG_FACTOR)}", f"out_dir={work}"]
+            extended = extend_context(base, long_block, method)
+            trainer, data_seconds = _trainer(get_config("cpu-rope", settings), progress, model=extended)
+            started = time.perf_counter()
+            trainer.train()
+            out_dir = out_root / "cpu-rope-long" / method
+            record = _finish(trainer, out_dir, data_seconds, time.perf_counter() - started)
+            record["extension"] = {"method": method, "from_block_size": config.block_size,
+                                   "rope_base": extended.config.rope_base, "rope_scale": extended.config.rope_scale}
+            _write_json(out_dir / "run.json", record)
+            records[f"cpu-rope-long/{method}"] = record
+            models[("fine-tuned", method)] = trainer.raw_model.eval()
+    _write_json(out_root / "cpu-rope" / "context.json",
+                evaluate_context(models, tokenizer, val_tokens, config.block_size))
+    return records
+
+
+def evaluate_context(models: dict, tokenizer, val_tokens, block_size: int) -> dict:
+    """Each of `models` ({(stage, method): GPT}) at CONTEXT_FACTORS times `block_size`, extended by
+    its method where its own context is shorter: the mean held-out loss in each range of positions
+    (inside the trained context, then each doubling), its loss curve, and its retrieval accuracy
+    with the story NEAR_DISTANCE tokens back ("near") and at the start of the prompt ("far")."""
+    from llmcourse.context import extend_context, position_losses, range_means, retrieval_accuracy, retrieval_probe
+
+    lengths = [factor * block_size for factor in CONTEXT_FACTORS]
+    probes = {length: {"near": retrieval_probe(tokenizer, PROBES, length, min(NEAR_DISTANCE, length - 1)),
+                       "far": retrieval_probe(tokenizer, PROBES, length, length - 1)} for length in lengths}
+    rows = []
+    for (stage, method), model in models.items():
+        for length in lengths:
+            extended = model if length <= model.config.block_size else extend_context(model, length, method)
+            losses = position_losses(extended, val_tokens, length, n_windows=POSITION_WINDOWS)
+            edges = [0, *(edge for edge in lengths if edge <= length)]
+            rows.append({
+                "model": stage, "method": method, "length": length,
+                "rope_base": extended.config.rope_base, "rope_scale": extended.config.rope_scale,
+                "loss_by_range": {f"{a}-{b}": loss for a, b, loss in zip(edges, edges[1:], range_means(losses, edges))},
+                "loss_curve": range_means(losses, range(0, length + 1, CURVE_BUCKET)),
+                **{f"retrieval_{kind}": retrieval_accuracy(extended, probes[length][kind]) for kind in ("near", "far")},
+            })
+    example = probes[lengths[0]]["near"][0]
+    return {
+        "block_size": block_size, "long_block_size": LONG_FACTOR * block_size, "lengths": lengths,
+        "curve_bucket": CURVE_BUCKET, "position_windows": POSITION_WINDOWS,
+        "probes": {"n": PROBES, "near_distance": NEAR_DISTANCE, "chance": 1 / len(example.candidate_ids),
+                   "example": {"prompt": tokenizer.decode(example.ids), "answer": example.answer,
+                               "distance": example.distance}},
+        "rows": rows,
+    }
+
+
+def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer, **parts) -> tuple[Trainer, float]:
     started = time.perf_counter()
-    trainer = kind(config, progress=progress)  # tokenizes the corpus the first time (cached after)
+    trainer = kind(config, progress=progress, **parts)  # tokenizes the corpus the first time (cached after)
     return trainer, time.perf_counter() - started
 
 
@@ -295,7 +385,7 @@ def _write_json(path: Path, value) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference"))
+    parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "context"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -308,6 +398,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "preference":
         for name, record in record_preference(args.out or RUNS, not args.no_progress).items():
             print(f"{name}: {record['steps']} steps, {record['train_seconds']} s")
+    elif args.which == "context":
+        records = record_context(args.out or RUNS, args.overrides, not args.no_progress)
+        for name, record in records.items():
+            print(f"{name}: {record['steps']} steps, {record['train_seconds']} s")
+        results = json.loads(((args.out or RUNS) / "cpu-rope" / "context.json").read_text())
+        for row in results["rows"]:
+            losses = ", ".join(f"{where} {loss:.3f}" for where, loss in row["loss_by_range"].items())
+            print(f"{row['model']:>10} {row['method']:>13} {row['length']:>4}: loss {losses}; "
+                  f"retrieval near {row['retrieval_near']:.2f}, far {row['retrieval_far']:.2f}")
     elif args.which == "finetune":
         for name, record in record_finetune(args.out or RUNS, not args.no_progress).items():
             print(f"{name}: {record['trainable_params']:,} trained parameters, {record['train_seconds']} s")
