@@ -95,6 +95,14 @@ CHAPTERS: dict[str, int | str] = {
     "preference": 14,
     "preference_train": 14,
     "widgets/preference": 14,
+    # 15 evaluation
+    "evaluate": 15,
+    "data/tinyworld/frequency": 15,
+    "widgets/evaluation": 15,
+    # 16 levers
+    "compress": 16,
+    "editing": 16,
+    "context": 16,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,
