@@ -103,6 +103,7 @@ CHAPTERS: dict[str, int | str] = {
     "compress": 16,
     "editing": 16,
     "context": 16,
+    "widgets/levers": 16,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,

@@ -10,6 +10,8 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py finetune   # chapter 13: cpu-sft and cpu-lora from cpu-tiny, evaluated
     .venv/bin/python book/runs/record.py finetune-eval   # chapter 13's evaluation again, of the recorded models
     .venv/bin/python book/runs/record.py preference # chapter 14: cpu-dpo and cpu-grpo from cpu-sft, evaluated
+    .venv/bin/python book/runs/record.py evaluation # chapter 15: report cards, answers, hallucination vs frequency
+    .venv/bin/python book/runs/record.py levers     # chapter 16: cpu-sft quantized and pruned, each graded
     .venv/bin/python book/runs/record.py context    # chapter 16: cpu-rope, extended to 2x and 4x its context
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
@@ -19,6 +21,7 @@ so changing the config means recording again.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import itertools
@@ -228,6 +231,136 @@ def record_preference(out_root: Path, progress: bool = True) -> dict[str, dict]:
     return records
 
 
+# ---------------------------------------------------------------------------------- chapter 15
+
+# The models page 15 grades. cpu-dpo and cpu-grpo are trained again from cpu-sft (their runs are
+# deterministic; page 14 keeps no weights), cpu-lora is cpu-tiny with its adapters.
+EVALUATED = ("cpu-tiny", "cpu-sft", "cpu-lora", "cpu-dpo", "cpu-grpo")
+# The hallucination experiment: cpu-tiny read once through facts of another world (each stated
+# 1, 2, 5 or 20 times) among its own world's stories, at about its final pretraining learning rate.
+FREQUENCY_OVERRIDES = ("lr=2e-3", "min_lr=2e-4", "warmup_steps=10", "eval_every=0", "sample_every=0",
+                       "checkpoint_every=0")
+
+
+def record_evaluation(out_dir: Path, progress: bool = True) -> dict:
+    """Chapter 15: every EVALUATED model's report card into out_dir/report_cards.json and its graded
+    answers with their confidences into out_dir/answers.json; the hallucination-vs-frequency run
+    into out_dir/frequency.json (and its graded answers into answers.json too)."""
+    from llmcourse.data.tinyworld import World
+    from llmcourse.data.tinyworld.chats import questions, unknown_questions
+    from llmcourse.evaluate import ask, frequency_experiment, report_card
+    from llmcourse.runs import load_model
+
+    models = _evaluated_models(progress)
+    tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")[1]
+    world = World.generate(0)
+    asked = {"sft": questions(world, "sft"), "heldout": questions(world, "heldout"),
+             "unseen": questions(world, "unseen"), "unknown": unknown_questions(world)}
+    cards, answers, seconds = {}, {}, {}
+    for name, model in models.items():
+        chat = name != "cpu-tiny"
+        started = time.perf_counter()
+        cards[name] = report_card(model, tokenizer, chat=chat)
+        seconds[name] = round(time.perf_counter() - started, 1)
+        answers[name] = {split: ask(model, tokenizer, items, chat=chat).to_dict() for split, items in asked.items()}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        config = get_config("cpu-tiny", [*FREQUENCY_OVERRIDES, f"out_dir={work}"])
+        _, frequency = frequency_experiment(config, tokenizer, model=models["cpu-tiny"], progress=progress)
+    frequency |= {"seconds": round(time.perf_counter() - started, 1), "overrides": list(FREQUENCY_OVERRIDES)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "report_cards.json", cards)
+    _write_json(out_dir / "answers.json", answers)
+    _write_json(out_dir / "frequency.json", frequency)
+    record = {"report_card_seconds": seconds, "frequency_seconds": frequency["seconds"],
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": _git_commit(),
+              "machine": _machine()}
+    _write_json(out_dir / "run.json", record)
+    return record
+
+
+def _evaluated_models(progress: bool) -> dict:
+    from llmcourse.preference_train import DPOTrainer, GRPOTrainer, get_preference_config
+
+    from llmcourse.runs import load_model
+
+    models = {"cpu-tiny": load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")[0], **recorded_finetuned()}
+    for name in ("cpu-dpo", "cpu-grpo"):
+        with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+            config = get_preference_config(name, [f"out_dir={work}"])
+            kind = DPOTrainer if config.method == "dpo" else GRPOTrainer
+            trainer, _ = _trainer(config, progress, kind)
+            trainer.train()
+            models[name] = trainer.raw_model.eval()
+    return models
+
+
+# ---------------------------------------------------------------------------------- chapter 16: levers
+
+# Quantized variants of cpu-sft (the assistant one would ship), each graded by chapter 15's report
+# card: (name, bits, group_size, method). GPTQ calibrates on CALIBRATION_CHATS rendered SFT chats.
+QUANTIZED = (("int8", 8, None, "rtn"), ("int4", 4, None, "rtn"), ("int4 GPTQ", 4, None, "gptq"),
+             ("int4 g32", 4, 32, "rtn"), ("int4 g32 GPTQ", 4, 32, "gptq"), ("int3 g32", 3, 32, "rtn"),
+             ("int3 g32 GPTQ", 3, 32, "gptq"), ("int2 g32", 2, 32, "rtn"), ("int2 g32 GPTQ", 2, 32, "gptq"))
+# Pruned variants: (name, kind, sparsity); magnitude pruning is per layer.
+PRUNED = (("magnitude 25%", "magnitude", 0.25), ("magnitude 50%", "magnitude", 0.5),
+          ("magnitude 75%", "magnitude", 0.75), ("heads 25%", "heads", 0.25), ("heads 50%", "heads", 0.5),
+          ("neurons 25%", "neurons", 0.25), ("neurons 50%", "neurons", 0.5))
+CALIBRATION_CHATS = 64
+
+
+def record_levers(out_dir: Path) -> dict:
+    """Chapter 16: cpu-sft quantized (QUANTIZED) and pruned (PRUNED), each variant's report card, size
+    in bytes and the seconds it took to make, beside the unchanged model's, into out_dir/levers.json."""
+    from llmcourse.compress import apply_masks, head_masks, magnitude_masks, model_bytes, neuron_masks, quantize_model
+    from llmcourse.evaluate import report_card
+    from llmcourse.runs import load_model
+
+    model, tokenizer = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
+    calibration = _calibration_rows(tokenizer, model.config.block_size)
+    variants = {"unchanged": lambda: model}
+    for name, bits, group, method in QUANTIZED:
+        variants[name] = lambda bits=bits, group=group, method=method: quantize_model(
+            model, bits, group, method, calibration=calibration if method == "gptq" else None)
+    masks_of = {"magnitude": magnitude_masks, "heads": head_masks, "neurons": neuron_masks}
+    for name, kind, sparsity in PRUNED:
+        variants[name] = lambda kind=kind, sparsity=sparsity: _pruned(model, masks_of[kind], sparsity)
+    rows = {}
+    for name, make in variants.items():
+        started = time.perf_counter()
+        variant = make()
+        made = time.perf_counter() - started
+        rows[name] = {"bytes": model_bytes(variant), "seconds_to_make": round(made, 2),
+                      "card": report_card(variant, tokenizer, chat=True)}
+        print(f"{name}: {rows[name]['bytes']:,} bytes, heldout {rows[name]['card']['facts']['heldout']['correct']:.3f}")
+    record = {"model": "cpu-sft", "calibration_tokens": int(calibration.numel()), "rows": rows,
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv), "commit": _git_commit(),
+              "machine": _machine()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "levers.json", record)
+    return record
+
+
+def _calibration_rows(tokenizer, block_size: int) -> torch.Tensor:
+    """CALIBRATION_CHATS chats from after cpu-sft's training and validation chats, rendered and cut
+    or padded to one row of block_size tokens each."""
+    from llmcourse.data.tinyworld.chats import chats
+    from llmcourse.finetune import render_chat
+
+    eot = tokenizer.special_tokens["<|endoftext|>"]
+    rows = []
+    for chat in itertools.islice(chats(0), 30_000, 30_000 + CALIBRATION_CHATS):
+        ids = render_chat(tokenizer, chat)[0][:block_size]
+        rows.append(ids + [eot] * (block_size - len(ids)))
+    return torch.tensor(rows)
+
+
+def _pruned(model, masks_of, sparsity: float):
+    pruned = copy.deepcopy(model)
+    apply_masks(pruned, masks_of(pruned, sparsity)).remove()  # zeroed for good; no training follows
+    return pruned
+
+
 # ---------------------------------------------------------------------------------- chapter 16
 
 # Continued pretraining of cpu-rope at LONG_FACTOR times its context, once per way of extending it
@@ -385,7 +518,8 @@ def _write_json(path: Path, value) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "context"))
+    parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "evaluation",
+                                          "levers", "context"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -398,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "preference":
         for name, record in record_preference(args.out or RUNS, not args.no_progress).items():
             print(f"{name}: {record['steps']} steps, {record['train_seconds']} s")
+    elif args.which == "evaluation":
+        record = record_evaluation(args.out or RUNS / "evaluation", not args.no_progress)
+        print(f"report cards {record['report_card_seconds']} s, frequency run {record['frequency_seconds']} s")
+    elif args.which == "levers":
+        record_levers(args.out or RUNS / "levers")
     elif args.which == "context":
         records = record_context(args.out or RUNS, args.overrides, not args.no_progress)
         for name, record in records.items():
