@@ -449,7 +449,7 @@ def compute_value(model: GPT, layer: int, key: Tensor, rows: EditRows, *, steps:
     a larger shift says the new object more surely, in more phrasings, but spills over more onto
     other subjects. (ROME also adds a KL term that keeps the subject's other predictions, left
     out here.) Then v* = W k* + δ: the layer's output for the key, shifted. The model is not
-    changed, and only δ gets gradients.
+    changed, and only δ gets gradients, also when gradients are switched off around the call.
     """
     projection = output_projection(model, layer)
     steps = check_int("steps", steps, 1, hint="the most optimiser steps; 20-50 is typical")
@@ -469,7 +469,8 @@ def compute_value(model: GPT, layer: int, key: Tensor, rows: EditRows, *, steps:
         return _set_rows(output, positions, output[where, positions] + shift)
 
     losses: list[float] = []
-    with _evaluating(model), _hooks((model.blocks[layer].mlp, shifted)):
+    # enable_grad: the search needs gradients even where the caller switched them off (a page, a test)
+    with torch.enable_grad(), _evaluating(model), _hooks((model.blocks[layer].mlp, shifted)):
         for _ in range(steps):
             nll = model(ids, targets)[1]
             losses.append(nll.item())

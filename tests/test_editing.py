@@ -278,6 +278,9 @@ def test_the_value_search_lowers_the_loss_and_leaves_the_model_alone(pretrained)
     assert all(param.grad is None for param in model.parameters())
     _, stopped = compute_value(model, 1, key, rows, steps=20, stop_loss=losses[5])
     assert len(stopped) < 20
+    with torch.no_grad():  # as on a book page: the search turns gradients on for itself
+        _, again = compute_value(model, 1, key, rows, steps=3, stop_loss=0.0)
+    assert again == losses[:3]
 
 
 def test_the_covariance_is_the_mean_outer_product_of_the_keys():

@@ -237,7 +237,7 @@ def record_preference(out_root: Path, progress: bool = True) -> dict[str, dict]:
 # deterministic; page 14 keeps no weights), cpu-lora is cpu-tiny with its adapters.
 EVALUATED = ("cpu-tiny", "cpu-sft", "cpu-lora", "cpu-dpo", "cpu-grpo")
 # The hallucination experiment: cpu-tiny read once through facts of another world (each stated
-# 1, 2, 5 or 20 times) among its own world's stories, at about its final pretraining learning rate.
+# 1, 2, 5 or 20 times) among its own world's stories, with pretraining's learning-rate schedule.
 FREQUENCY_OVERRIDES = ("lr=2e-3", "min_lr=2e-4", "warmup_steps=10", "eval_every=0", "sample_every=0",
                        "checkpoint_every=0")
 
@@ -245,7 +245,7 @@ FREQUENCY_OVERRIDES = ("lr=2e-3", "min_lr=2e-4", "warmup_steps=10", "eval_every=
 def record_evaluation(out_dir: Path, progress: bool = True) -> dict:
     """Chapter 15: every EVALUATED model's report card into out_dir/report_cards.json and its graded
     answers with their confidences into out_dir/answers.json; the hallucination-vs-frequency run
-    into out_dir/frequency.json (and its graded answers into answers.json too)."""
+    into out_dir/frequency.json; the seconds each took into out_dir/run.json."""
     from llmcourse.data.tinyworld import World
     from llmcourse.data.tinyworld.chats import questions, unknown_questions
     from llmcourse.evaluate import ask, frequency_experiment, report_card
@@ -356,6 +356,8 @@ def _calibration_rows(tokenizer, block_size: int) -> torch.Tensor:
 
 
 def _pruned(model, masks_of, sparsity: float):
+    from llmcourse.compress import apply_masks
+
     pruned = copy.deepcopy(model)
     apply_masks(pruned, masks_of(pruned, sparsity)).remove()  # zeroed for good; no training follows
     return pruned
