@@ -167,3 +167,35 @@ def test_the_recorded_finetuned_models_answer_as_their_evaluation_says():
     grades = grade_questions(asked, answer_questions(model, tokenizer, asked))
     recorded = json.loads((RUNS / "cpu-sft" / "eval.json").read_text())["models"]["cpu-sft"]["chat"]["sft"]
     assert grades["correct"] >= 0.9 and recorded["correct"] >= 0.9
+
+
+def test_the_recorded_report_cards_match_the_recorded_answers_and_models():
+    """Chapter 15's recordings belong together: every card follows the schema, its accuracy per split
+    is the share of correct grades in answers.json, and cpu-sft, asked again, gives the recorded
+    replies to the heldout questions (so the files and the shipped weights agree)."""
+    from llmcourse.data.tinyworld import World
+    from llmcourse.data.tinyworld.chats import questions
+    from llmcourse.evaluate import REPORT_SCHEMA, ask
+
+    cards = json.loads((RUNS / "evaluation" / "report_cards.json").read_text())
+    answers = json.loads((RUNS / "evaluation" / "answers.json").read_text())
+    assert set(cards) == set(answers) == {"cpu-tiny", "cpu-sft", "cpu-lora", "cpu-dpo", "cpu-grpo"}
+    for name, card in cards.items():
+        assert card["schema"] == REPORT_SCHEMA
+        for split, saved in answers[name].items():
+            share = saved["grades"].count("correct") / len(saved["grades"])
+            assert card["facts"][split]["correct"] == share and card["facts"][split]["n"] == len(saved["grades"])
+    model, tokenizer = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
+    again = ask(model, tokenizer, questions(World.generate(0), "heldout"))  # batched as recorded
+    assert again.replies == answers["cpu-sft"]["heldout"]["replies"]
+    frequency = json.loads((RUNS / "evaluation" / "frequency.json").read_text())
+    assert frequency["after"]["20"]["correct"] > frequency["after"]["1"]["correct"]
+
+
+def test_the_recorded_levers_cover_every_variant_record_py_makes(record_script):
+    levers = json.loads((RUNS / "levers" / "levers.json").read_text())
+    names = {"unchanged", *(q[0] for q in record_script.QUANTIZED), *(p[0] for p in record_script.PRUNED)}
+    assert set(levers["rows"]) == names
+    rows = levers["rows"]
+    assert rows["int8"]["bytes"] < rows["unchanged"]["bytes"] / 2  # packed, not float
+    assert rows["magnitude 50%"]["bytes"] == rows["unchanged"]["bytes"]  # zeros still take their place
