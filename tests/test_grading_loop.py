@@ -187,6 +187,31 @@ DELEGATING_ANSWERS: dict[str, dict[str, str]] = {
             "    best = max(scores.values())\n"
             "    return min(t for t, s in scores.items() if s == best) if best >= 0 else math.inf\n"),
     },
+    "16-levers": {
+        "quantize_groupwise": (
+            "from llmcourse.compress import Quantized, dequantize, quantize_absmax\n\n\n"
+            "def quantize_groupwise(weight, bits, group_size):\n"
+            "    quantized = quantize_absmax(weight, bits, group_size)\n"
+            "    return quantized.codes, quantized.scales.float()\n\n\n"
+            "def dequantize_groupwise(codes, scales, group_size):\n"
+            "    return dequantize(Quantized(codes, scales.half(), 8, group_size))\n"),
+        "prune_heads_by_importance": (
+            "from llmcourse.compress import head_masks\n\n\n"
+            "def prune_heads_by_importance(model, ids, n_per_layer):\n"
+            "    scores = head_importance(model, ids)\n"
+            "    return head_masks(model, n_per_layer / model.blocks[0].attn.n_head, scores=scores)\n"),
+        "rope_angles": (
+            "from llmcourse.context import ntk_base\n"
+            "from llmcourse.position import rope_frequencies\n\n\n"
+            "def rope_angles(positions, head_dim, base=10000.0, scale=1.0):\n"
+            "    positions = torch.as_tensor(positions, dtype=torch.float64)\n"
+            "    return positions[:, None] * rope_frequencies(head_dim, base, scale).double()\n"),
+        "n_of_m_mask": (  # the chapter's magnitude pruning, one group at a time
+            "from llmcourse.compress import _keep_largest\n\n\n"
+            "def n_of_m_mask(weight, n, m):\n"
+            "    groups = weight.detach().abs().reshape(-1, m)\n"
+            "    return torch.stack([_keep_largest(group, m - n) for group in groups]).reshape(weight.shape)\n"),
+    },
 }
 
 
