@@ -46,7 +46,7 @@ from llmcourse.train import Trainer
 from llmcourse.train_config import TrainConfig
 
 __all__ = ["REPORT_ROWS", "REPORT_SCHEMA", "Answers", "OnePassTrainer", "TextLoss", "abstention_score",
-           "answer_confidences", "ask", "expected_calibration_error", "format_reports", "frequency_experiment",
+           "answer_confidences", "ask", "decoding_speed", "expected_calibration_error", "format_reports", "frequency_experiment",
            "heldout_documents", "heldout_loss", "ngram_overlap", "penalty_for", "reliability_bins", "report_card",
            "story_statistics", "words"]
 
@@ -356,7 +356,8 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
     facts: shares of correct / refusal / wrong replies per split; invention_rate: the share of
     questions about entities the model never saw (unseen, unknown) that it answered anyway.
     calibration: ECE of the confidence of answers to known facts (sft and heldout splits).
-    stories: repetition and diversity of `stories` samples at temperature 1, and decoding speed.
+    stories: repetition and diversity of `stories` samples at temperature 1, and the decoding speed
+    (`decoding_speed`: the same fixed work for every model).
     """
     world = World.generate(world_seed)
     text = heldout_loss(model, tokenizer, heldout_documents(text_chars, world_seed))
@@ -384,14 +385,27 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
 
 
 def _story_card(model: GPT, tokenizer: Tokenizer, count: int, max_new_tokens: int, seed: int) -> dict:
-    """Sample `count` stories at temperature 1 in one batch; their statistics and the decoding speed."""
+    """Sample `count` stories at temperature 1 in one batch: their statistics, and the decoding speed."""
     check_int("stories", count, 1)
-    started = time.perf_counter()
     completions = generate(model, tokenizer, [STORY_PROMPT] * count, max_new_tokens, SamplingSettings(), seed=seed)
-    seconds = time.perf_counter() - started
     texts = [STORY_PROMPT + c.text for c in completions]
-    new_tokens = sum(len(c.token_ids) for c in completions)
-    return story_statistics(texts) | {"tokens_per_s": new_tokens / seconds, "batch": count, "sample": texts[0]}
+    return story_statistics(texts) | {"tokens_per_s": decoding_speed(model, tokenizer, count, max_new_tokens),
+                                      "batch": count, "sample": texts[0]}
+
+
+def decoding_speed(model: GPT, tokenizer: Tokenizer, batch: int = 16, new_tokens: int = 96, repeats: int = 2) -> float:
+    """Tokens per second when `batch` rows each write exactly `new_tokens` tokens (special tokens are
+    ruled out, so no row ends early and every model does the same work); the best of `repeats`
+    runs, since the first also pays for warming up."""
+    check_int("repeats", repeats, 1)
+    never = {token: float("-inf") for token in tokenizer.special_ids}
+    settings = SamplingSettings(logit_bias=never)
+    fastest = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        generate(model, tokenizer, [STORY_PROMPT] * batch, new_tokens, settings, seed=0)
+        fastest = min(fastest, time.perf_counter() - started)
+    return batch * new_tokens / fastest
 
 
 # ---------------------------------------------------------------------------------- printing

@@ -309,3 +309,20 @@ def test_frequency_experiment_end_to_end_on_a_micro_model(micro, tmp_path):
     assert result["after"][0]["correct"] == 0  # nothing about a never-stated entity can be graded correct
     assert result["singleton_share"] == pytest.approx(len(asked[1]) / sum(len(asked[c]) for c in COUNTS))
     assert result["steps"] == (result["train_tokens"] - 1) // (16 * 64)
+
+
+def test_decoding_speed_runs_a_fixed_workload(micro, monkeypatch):
+    from llmcourse import evaluate
+
+    model, tokenizer = micro
+    seen = []
+    real_generate = evaluate.generate
+
+    def counting(*args, **kwargs):
+        completions = real_generate(*args, **kwargs)
+        seen.append([len(c.token_ids) for c in completions])
+        return completions
+
+    monkeypatch.setattr(evaluate, "generate", counting)
+    speed = evaluate.decoding_speed(model, tokenizer, batch=3, new_tokens=5, repeats=2)
+    assert speed > 0 and seen == [[5, 5, 5], [5, 5, 5]]  # no row ended early: special tokens are ruled out
