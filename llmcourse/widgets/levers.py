@@ -41,27 +41,45 @@ def _check_rows(rows: Mapping[str, dict]) -> None:
                                 "book/runs/record.py levers writes them")
 
 
+def _style(name: str) -> dict:
+    """How a variant is drawn: quantized as circles coloured by bits (GPTQ filled, rounding hollow),
+    pruned as squares coloured by what is removed, the unchanged model as a black star."""
+    if name == UNCHANGED:
+        return {"marker": "*", "color": "black", "markersize": 11, "label": "unchanged (float32)"}
+    if "%" in name:  # "heads 25%"
+        kind = name.split()[0]
+        color = {"magnitude": "tab:orange", "heads": "tab:red", "neurons": "tab:green"}.get(kind, "0.5")
+        return {"marker": "s", "color": color, "markersize": 6, "label": f"{kind} pruning"}
+    bits = int(name.split()[0].removeprefix("int"))
+    color = {8: "#08306b", 4: "#2171b5", 3: "#6baed6", 2: "#c6dbef"}.get(bits, "tab:blue")
+    gptq = "GPTQ" in name
+    return {"marker": "o", "color": color, "markersize": 7, "markerfacecolor": color if gptq else "white",
+            "label": f"int{bits} " + ("GPTQ" if gptq else "rounding")}
+
+
 def levers_figure(rows: Mapping[str, dict], selected: str | None = None) -> Figure:
-    """Size in bytes against the share of facts answered correctly, one point per variant (quantized
-    variants as circles, pruned ones, which keep their float size, as squares); `selected` circled."""
+    """Size in MB against the share of facts answered correctly, one point per variant (the legend
+    says which), `selected` circled and named."""
     _check_rows(rows)
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    for ax, (label, path) in zip(fig.subplots(1, 2, sharex=True), KNOWLEDGE):
+    fig = Figure(figsize=(10.5, 4.0), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True)
+    for ax, (label, path) in zip(axes, KNOWLEDGE):
+        drawn = {}
         for name, row in rows.items():
-            pruned = "%" in name
-            marker = "s" if pruned else "o"
-            color = "0.2" if name == UNCHANGED else ("tab:orange" if pruned else "tab:blue")
+            style = _style(name)
             x, y = row["bytes"] / 1e6, _value(row["card"], path)
-            ax.plot([x], [y], marker, color=color, markersize=6)
-            ax.annotate(name, (x, y), (4, 3), textcoords="offset points", fontsize=7)
+            line, = ax.plot([x], [y], linestyle="none", **{k: v for k, v in style.items() if k != "label"})
+            drawn.setdefault(style["label"], line)
             if name == selected:
-                ax.plot([x], [y], "o", markersize=14, markerfacecolor="none", markeredgecolor="crimson")
+                ax.plot([x], [y], "o", markersize=16, markerfacecolor="none", markeredgecolor="crimson")
+                ax.annotate(name, (x, y), (10, -14), textcoords="offset points", fontsize=8, color="crimson")
         ax.set_xlabel("size (MB): packed weights, float embeddings")
         ax.set_ylabel(f"{label}: correct")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(-0.03, 1.05)
         ax.grid(alpha=0.3)
-    fig.suptitle("Smaller models, graded by the report card (circles: quantized; squares: pruned, float size)",
-                 fontsize=10)
+    axes[1].legend(drawn.values(), drawn.keys(), fontsize=7, frameon=False, loc="center left",
+                   bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("Smaller models, graded by the report card (pruned models keep their float size)", fontsize=10)
     return fig
 
 
