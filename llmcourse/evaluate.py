@@ -364,9 +364,10 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
     asked = {split: (unknown_questions(world) if split == "unknown" else questions(world, split))
              for split in QUESTION_SPLITS}
     answers = {split: ask(model, tokenizer, items, chat=chat) for split, items in asked.items()}
-    known = [a for split in ("sft", "heldout") for a in zip(answers[split].confidences, answers[split].grades)]
+    confidences = answers["sft"].confidences + answers["heldout"].confidences  # the known facts
+    right = [grade == "correct" for grade in answers["sft"].grades + answers["heldout"].grades]
     never_seen = answers["unseen"].grades + answers["unknown"].grades
-    bins = reliability_bins([c for c, _ in known], [g == "correct" for _, g in known], n_bins)
+    bins = reliability_bins(confidences, right, n_bins)
     return {
         "schema": REPORT_SCHEMA,
         "asked_as": "chat" if chat else "completion",
@@ -374,11 +375,10 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
         "text": {"loss": text.loss, "perplexity": text.perplexity, "bits_per_byte": text.bits_per_byte,
                  "tokens": text.tokens, "bytes": text.bytes},
         "facts": {split: answers[split].shares() | {"n": len(asked[split])} for split in QUESTION_SPLITS},
-        "invention_rate": sum(g != "refusal" for g in never_seen) / len(never_seen),
-        "calibration": {"ece": expected_calibration_error([c for c, _ in known], [g == "correct" for _, g in known],
-                                                          n_bins),
-                        "mean_confidence": sum(c for c, _ in known) / len(known),
-                        "accuracy": sum(g == "correct" for _, g in known) / len(known),
+        "invention_rate": sum(grade != "refusal" for grade in never_seen) / len(never_seen),
+        "calibration": {"ece": expected_calibration_error(confidences, right, n_bins),
+                        "mean_confidence": sum(confidences) / len(confidences),
+                        "accuracy": sum(right) / len(right),
                         "bins": {key: value.tolist() for key, value in bins.items()}},
         "stories": _story_card(model, tokenizer, stories, story_tokens, seed),
     }
