@@ -458,7 +458,10 @@ def _eval(args: argparse.Namespace) -> int:
     for path in args.report:
         if not path.is_file():
             raise FileNotFoundError(f"--report {path}: no such file; write one with eval --checkpoint X --out {path}")
-        cards |= json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError(f"--report {path} holds no report cards ({{name: card}}); write one with eval --out")
+        cards |= saved
     for path in args.checkpoint:
         config = load_checkpoint(path).get("config") or {}  # the run's settings: fine-tuned? which world?
         chat = "init_from" in config if args.ask == "auto" else args.ask == "chat"

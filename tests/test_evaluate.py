@@ -239,11 +239,15 @@ def test_cli_eval_errors_are_messages(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_cli_eval_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
+@pytest.mark.parametrize("content, message", [(json.dumps({"x": {"loss": 1}}), "not a report card"),
+                                              (json.dumps([1, 2]), "holds no report cards"),
+                                              ("{not json", "")])
+def test_cli_eval_rejects_a_file_that_is_not_a_report(tmp_path, capsys, content, message):
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"x": {"loss": 1}}))
+    bad.write_text(content)
     assert main(["eval", "--report", str(bad)]) == 1
-    assert "not a report card" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
 
 
 # ---------------------------------------------------------------------------------- frequency
