@@ -40,13 +40,14 @@ from llmcourse.finetune import CLOZE_STOP, greedy_completions, question_prompts
 from llmcourse.generate import generate
 from llmcourse.model import GPT
 from llmcourse.preference import sequence_logprobs
+from llmcourse.preference_train import right_pad
 from llmcourse.sampling import SamplingSettings
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train import Trainer
 from llmcourse.train_config import TrainConfig
 
 __all__ = ["REPORT_ROWS", "REPORT_SCHEMA", "Answers", "OnePassTrainer", "TextLoss", "abstention_score",
-           "answer_confidences", "ask", "decoding_speed", "expected_calibration_error", "format_reports", "frequency_experiment",
+           "answer_confidences", "ask", "ask_every_split", "decoding_speed", "expected_calibration_error", "format_reports", "frequency_experiment",
            "heldout_documents", "heldout_loss", "ngram_overlap", "penalty_for", "reliability_bins", "report_card",
            "story_statistics", "words"]
 
@@ -199,13 +200,10 @@ def answer_confidences(model: GPT, prompts: Sequence[list[int]], responses: Sequ
     device = next(model.parameters()).device
     confidences: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        rows = [p + r for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
-        width = max(len(row) for row in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.bool)
-        for i, (prompt, row) in enumerate(zip(prompts[start:], rows)):
-            ids[i, :len(row)] = torch.tensor(row)
-            mask[i, len(prompt):len(row)] = True  # right padding: the causal mask keeps it out of the past
+        # (ids, response mask) rows, right-padded: the causal mask keeps the padding out of the past
+        rows = [(p + r, [False] * len(p) + [True] * len(r))
+                for p, r in zip(prompts[start:start + batch_size], responses[start:start + batch_size])]
+        ids, mask = right_pad(rows, max(len(ids) for ids, _ in rows), pad_id=0)
         confidences += sequence_logprobs(model, ids.to(device), mask.to(device)).exp().tolist()
     return confidences
 
@@ -347,8 +345,17 @@ STORY_PROMPT = "Once upon a time"
 QUESTION_SPLITS = ("sft", "heldout", "unseen", "unknown")
 
 
+def ask_every_split(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int = 0) -> dict[str, Answers]:
+    """The model's graded answers to every question of QUESTION_SPLITS about the world of `world_seed`."""
+    world = World.generate(world_seed)
+    asked = {split: (unknown_questions(world) if split == "unknown" else questions(world, split))
+             for split in QUESTION_SPLITS}
+    return {split: ask(model, tokenizer, items, chat=chat) for split, items in asked.items()}
+
+
 def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int = 0, text_chars: int = 100_000,
-                stories: int = 16, story_tokens: int = 96, seed: int = 0, n_bins: int = 10) -> dict:
+                stories: int = 16, story_tokens: int = 96, seed: int = 0, n_bins: int = 10,
+                answers: dict[str, Answers] | None = None) -> dict:
     """Everything this chapter measures about one model, as a JSON-ready dict (schema REPORT_SCHEMA).
 
     chat: ask questions as chats (a fine-tuned model) or as clozes to complete (a pretrained one).
@@ -358,12 +365,11 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
     calibration: ECE of the confidence of answers to known facts (sft and heldout splits).
     stories: repetition and diversity of `stories` samples at temperature 1, and the decoding speed
     (`decoding_speed`: the same fixed work for every model).
+    answers: `ask_every_split`'s result for this model, if the caller has it already (else asked here).
     """
-    world = World.generate(world_seed)
     text = heldout_loss(model, tokenizer, heldout_documents(text_chars, world_seed))
-    asked = {split: (unknown_questions(world) if split == "unknown" else questions(world, split))
-             for split in QUESTION_SPLITS}
-    answers = {split: ask(model, tokenizer, items, chat=chat) for split, items in asked.items()}
+    if answers is None:
+        answers = ask_every_split(model, tokenizer, chat=chat, world_seed=world_seed)
     confidences = answers["sft"].confidences + answers["heldout"].confidences  # the known facts
     right = [grade == "correct" for grade in answers["sft"].grades + answers["heldout"].grades]
     never_seen = answers["unseen"].grades + answers["unknown"].grades
@@ -374,7 +380,7 @@ def report_card(model: GPT, tokenizer: Tokenizer, *, chat: bool, world_seed: int
         "params": model.num_params(),
         "text": {"loss": text.loss, "perplexity": text.perplexity, "bits_per_byte": text.bits_per_byte,
                  "tokens": text.tokens, "bytes": text.bytes},
-        "facts": {split: answers[split].shares() | {"n": len(asked[split])} for split in QUESTION_SPLITS},
+        "facts": {split: answers[split].shares() | {"n": len(answers[split].grades)} for split in QUESTION_SPLITS},
         "invention_rate": sum(grade != "refusal" for grade in never_seen) / len(never_seen),
         "calibration": {"ece": expected_calibration_error(confidences, right, n_bins),
                         "mean_confidence": sum(confidences) / len(confidences),

@@ -43,7 +43,7 @@ from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train_config import from_overrides
 
 __all__ = ["PREFERENCE_CONFIGS", "DPOTrainer", "GRPOTrainer", "PairRows", "PreferenceConfig",
-           "get_preference_config", "pair_rows", "response_rows"]
+           "get_preference_config", "pair_rows", "response_rows", "right_pad"]
 
 
 @dataclass
@@ -129,10 +129,10 @@ def response_rows(tokenizer: Tokenizer, prompts: Sequence[list[dict[str, str]]],
         if len(chat_ids) > length:
             raise ArgumentError(f"pair {row} has {len(chat_ids)} tokens, more than {length}; use shorter pairs")
         rendered.append((chat_ids, chat_mask))
-    return _right_pad(rendered, length, tokenizer.special_tokens[ENDOFTEXT])
+    return right_pad(rendered, length, tokenizer.special_tokens[ENDOFTEXT])
 
 
-def _right_pad(rows: Sequence[tuple[list[int], list[bool]]], length: int, pad_id: int) -> tuple[Tensor, Tensor]:
+def right_pad(rows: Sequence[tuple[list[int], list[bool]]], length: int, pad_id: int) -> tuple[Tensor, Tensor]:
     """Rows of (ids, mask), each at most `length` long, as tensors `(N, length)`: ids padded with
     `pad_id`, mask padded with False."""
     ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
@@ -320,4 +320,4 @@ def _sampled_rows(prompts: list[list[int]], replies: list[list[int]], tokenizer:
     """Prompt + sampled reply tokens per row, right-padded: ids and response mask `(N, L)`. A reply
     that ended at a special token keeps it (the model chose to stop: that choice is rewarded too)."""
     rows = [(prompt + reply, [False] * len(prompt) + [True] * len(reply)) for prompt, reply in zip(prompts, replies)]
-    return _right_pad(rows, max(len(ids) for ids, _ in rows), tokenizer.special_tokens[ENDOFTEXT])
+    return right_pad(rows, max(len(ids) for ids, _ in rows), tokenizer.special_tokens[ENDOFTEXT])

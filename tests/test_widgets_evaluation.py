@@ -8,7 +8,7 @@ import pytest
 
 from llmcourse.checks import ArgumentError
 from llmcourse.evaluate import Answers, abstention_score, penalty_for
-from llmcourse.widgets.evaluation import (GRID, AbstentionExplorer, abstention_curve, abstention_figure,
+from llmcourse.widgets.evaluation import (BREAK_EVENS, GRID, AbstentionExplorer, abstention_curve, abstention_figure,
                                           reliability_figure)
 
 
@@ -47,7 +47,8 @@ def test_best_threshold_reported_is_near_the_break_even_for_calibrated_answers(c
 
 def test_figures_draw_and_bad_input_is_named(calibrated):
     assert len(reliability_figure({"a": calibrated, "b": calibrated}).axes) == 2
-    assert len(abstention_figure(calibrated, threshold=0.3).axes[0].lines) >= len(GRID) // 100
+    # per penalty a curve and its best point, plus the zero line and the threshold line
+    assert len(abstention_figure(calibrated, threshold=0.3).axes[0].lines) == 2 * len(BREAK_EVENS) + 2
     with pytest.raises(ArgumentError, match="no answers"):
         reliability_figure({})
     with pytest.raises(ArgumentError, match="no answers"):

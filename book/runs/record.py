@@ -246,23 +246,19 @@ def record_evaluation(out_dir: Path, progress: bool = True) -> dict:
     """Chapter 15: every EVALUATED model's report card into out_dir/report_cards.json and its graded
     answers with their confidences into out_dir/answers.json; the hallucination-vs-frequency run
     into out_dir/frequency.json; the seconds each took into out_dir/run.json."""
-    from llmcourse.data.tinyworld import World
-    from llmcourse.data.tinyworld.chats import questions, unknown_questions
-    from llmcourse.evaluate import ask, frequency_experiment, report_card
+    from llmcourse.evaluate import ask_every_split, frequency_experiment, report_card
     from llmcourse.runs import load_model
 
     models = _evaluated_models(progress)
     tokenizer = load_model(RUNS / "cpu-tiny" / "model.pt", device="cpu")[1]
-    world = World.generate(0)
-    asked = {"sft": questions(world, "sft"), "heldout": questions(world, "heldout"),
-             "unseen": questions(world, "unseen"), "unknown": unknown_questions(world)}
     cards, answers, seconds = {}, {}, {}
     for name, model in models.items():
         chat = name != "cpu-tiny"
         started = time.perf_counter()
-        cards[name] = report_card(model, tokenizer, chat=chat)
+        asked = ask_every_split(model, tokenizer, chat=chat)  # the card's answers, kept for the page
+        cards[name] = report_card(model, tokenizer, chat=chat, answers=asked)
         seconds[name] = round(time.perf_counter() - started, 1)
-        answers[name] = {split: ask(model, tokenizer, items, chat=chat).to_dict() for split, items in asked.items()}
+        answers[name] = {split: split_answers.to_dict() for split, split_answers in asked.items()}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
         config = get_config("cpu-tiny", [*FREQUENCY_OVERRIDES, f"out_dir={work}"])
