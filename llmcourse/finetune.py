@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,6 +339,8 @@ class FinetuneTrainer(Trainer):
         tokenizer_path = tokenizer_of(base_path, checkpoint["tokenizer"])
         tokenizer = Tokenizer.load(tokenizer_path)
         model = GPT.from_checkpoint(checkpoint, source=base_path)
+        model, tokenizer = self.adapt_base(model, tokenizer)
+        config = dataclasses.replace(config, vocab_size=model.config.vocab_size)
         if config.lora_rank:
             seed_everything(config.seed)  # the adapters' random initialisation
             inject_lora(model, config.lora_rank, config.lora_alpha, LORA_TARGETS[config.lora_targets])
@@ -349,8 +350,13 @@ class FinetuneTrainer(Trainer):
                          progress=progress)
         if self.dist.is_main:  # the tokenizer beside the checkpoints, as a pretraining run has it
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tokenizer_path, self.out_dir / TOKENIZER_NAME)
+            tokenizer.save(self.out_dir / TOKENIZER_NAME)
         self.tokenizer_path = self.out_dir / TOKENIZER_NAME
+
+    def adapt_base(self, model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
+        """The base model and tokenizer as this run trains them: unchanged here; chapter 17's agent
+        trainer adds the tool-call tokens (a larger vocabulary) before training starts."""
+        return model, tokenizer
 
     def make_data(self, config: FinetuneConfig, tokenizer: Tokenizer) -> tuple[Any, Any]:
         """The training and validation data: packed chats (chapter 14's trainers make pairs or
