@@ -12,7 +12,8 @@
     python -m llmcourse dpo      --config cpu-dpo [key=value ...] [--resume]
     python -m llmcourse grpo     --config cpu-grpo [key=value ...] [--resume]
     python -m llmcourse chat     --checkpoint PATH [--adapters PATH] [--message TEXT] [--system TEXT] [--temperature T]
-                                 [--max-new-tokens N] [--seed S]
+                                 [--max-new-tokens N] [--seed S] [--tools NAME,NAME]
+    python -m llmcourse capstone [--work DIR] [--out DIR] [--parts all|reference|NAME,NAME] [--fast] [--force]
 
 Every command returns an exit status: 0 success, 1 a problem it explained, 2 bad arguments.
 """
@@ -150,7 +151,8 @@ def _add_finetune_commands(commands: argparse._SubParsersAction) -> None:
         "finetune", help="fine-tune a pretrained model into an assistant (chapter 13)",
         description="Supervised fine-tuning on TinyWorld chats, starting from init_from (default: the "
         "book's cpu-tiny weights), writing checkpoints, metrics.jsonl and, at the end, model.pt (what "
-        "`chat` loads) to out_dir. Named configs: cpu-sft (every weight), cpu-lora (LoRA adapters).",
+        "`chat` loads) to out_dir. Named configs: cpu-sft (every weight), cpu-lora (LoRA adapters), "
+        "cpu-agent (tool use, from the book's cpu-sft weights; chapter 17).",
     )
     finetune.add_argument("--config", default="cpu-sft", metavar="NAME", help="a named config (default: %(default)s)")
     finetune.add_argument("overrides", nargs="*", metavar="key=value",
@@ -188,6 +190,9 @@ def _add_finetune_commands(commands: argparse._SubParsersAction) -> None:
                       help="0 always takes the likeliest token (default: %(default)s)")
     chat.add_argument("--max-new-tokens", type=int, default=48, metavar="N", help="per reply (default: %(default)s)")
     chat.add_argument("--seed", type=int, default=0, help="random seed when T > 0 (default: %(default)s)")
+    chat.add_argument("--tools", metavar="NAME,NAME",
+                      help="let a model fine-tuned for tools (finetune --config cpu-agent) call these: "
+                      "calculator, lookup; each call and its result is shown before the answer")
 
     evaluate = commands.add_parser(
         "eval", help="a report card for one or more checkpoints (chapter 15)",
@@ -216,7 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_course_commands(commands)
     _add_training_commands(commands)
     _add_finetune_commands(commands)
+    _add_capstone_command(commands)
     return parser
+
+
+def _add_capstone_command(commands: argparse._SubParsersAction) -> None:
+    capstone = commands.add_parser(
+        "capstone", help="your own parts in one model: pretrain, fine-tune, evaluate, chat (chapter 18)",
+        description="Read your exercise notebooks in --work, check each part you wrote (tokenizer, attention, "
+        "norm, MLP, optimizer, sampling) against the course's, build the model from the parts that pass "
+        "(the course's for the others), then pretrain, fine-tune (SFT, DPO), print a report card and a "
+        "short chat. The book's cpu-tiny, cpu-sft and cpu-dpo runs back to back (10 minutes recorded on 2 CPU "
+        "cores, more with your own, slower parts); --fast runs a tiny version in under a minute.",
+    )
+    capstone.add_argument("--work", type=Path, default=Path("work"), metavar="DIR",
+                          help="where your notebooks are, DIR/NN-slug/NN-slug.ipynb (default: %(default)s)")
+    capstone.add_argument("--out", type=Path, default=Path("runs/capstone"), metavar="DIR",
+                          help="each stage writes its run to DIR/<stage>/ (default: %(default)s)")
+    capstone.add_argument("--parts", default="all", metavar="PARTS",
+                          help="all, reference (none of yours), or names such as attention,norm (default: %(default)s)")
+    capstone.add_argument("--fast", action="store_true", help="a tiny configuration: checks that everything runs")
+    capstone.add_argument("--force", action="store_true", help="replace an earlier run in --out")
+    capstone.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _release(root: Path, args: argparse.Namespace) -> int:
@@ -368,6 +394,13 @@ def _write_samples(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from llmcourse.finetune import FinetuneTrainer, get_finetune_config
 
+    from llmcourse.agent_train import AGENT_CONFIGS, AgentTrainer, get_agent_config
+
+    if args.config in AGENT_CONFIGS:  # chapter 17: tool use (full fine-tuning only)
+        if args.lora:
+            raise ValueError(f"--lora is not available for --config {args.config}: the new tool tokens' "
+                             "embeddings must train, and LoRA freezes them; leave out --lora")
+        return _run_finetuning(AgentTrainer, get_agent_config(args.config, args.overrides), args.overrides, args)
     overrides = list(args.overrides)
     config = get_finetune_config(args.config, overrides)
     if args.lora and not config.lora_rank:
@@ -423,20 +456,64 @@ def _chat(args: argparse.Namespace) -> int:
 
     check_int("--max-new-tokens", args.max_new_tokens, 1, hint="the most tokens one reply may have")
     check_int("--seed", args.seed, 0, hint="any integer >= 0")
+    tools = _chat_tools(args.checkpoint, args.tools) if args.tools is not None else None
     model, tokenizer = load_model(args.checkpoint)
     if args.adapters is not None:
         from llmcourse.lora import load_adapters, merge_lora
 
         load_adapters(model, args.adapters)
         merge_lora(model)  # one matmul per layer again, as fast as the base model
-    session = ChatSession(model, tokenizer, system=args.system, temperature=args.temperature,
-                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+    options = dict(system=args.system, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                   seed=args.seed)
+    if tools is None:
+        session = ChatSession(model, tokenizer, **options)
+    else:
+        session = _tool_session(args.checkpoint, model, tokenizer, tools, options)
     if args.message is None:
         run_chat(session)
+        return 0
+    if tools is not None:  # the reply comes whole (calls first), so print it as one text
+        print("".join(session.reply(args.message)).lstrip("\n"))
+        print(*session.notices, sep="\n", end="\n" if session.notices else "")
         return 0
     for piece in session.reply(args.message):
         print(piece, end="", flush=True)
     print()
+    return 0
+
+
+def _chat_tools(checkpoint: Path, names: str) -> dict:
+    """The tools of `--tools a,b`, for the TinyWorld the checkpoint's run was trained on."""
+    from llmcourse.agent import TOOLS, make_tools
+    from llmcourse.checkpoint import load_checkpoint
+
+    listed = [name.strip() for name in names.split(",") if name.strip()]
+    unknown = [name for name in listed if name not in TOOLS]  # checked before loading anything
+    if unknown or not listed:
+        problem = f"unknown tool {unknown[0]!r}" if unknown else "no tool named"
+        raise ValueError(f"--tools {names!r}: {problem}; the tools are {', '.join(TOOLS)}, "
+                         "e.g. --tools calculator,lookup")
+    world_seed = (load_checkpoint(checkpoint).get("config") or {}).get("world_seed", 0)
+    return make_tools(listed, world_seed=world_seed)
+
+
+def _tool_session(checkpoint: Path, model, tokenizer, tools: dict, options: dict):
+    from llmcourse.agent import AgentChatSession, has_tool_tokens
+
+    if not has_tool_tokens(tokenizer):
+        raise ValueError(f"{checkpoint} was not fine-tuned for tools (its tokenizer has no <|call|> token); "
+                         "fine-tune one for tools with: python -m llmcourse finetune --config cpu-agent")
+    return AgentChatSession(model, tokenizer, tools, **options)
+
+
+def _capstone(args: argparse.Namespace) -> int:
+    from llmcourse.capstone import format_result, parse_parts, run_capstone
+
+    parts = parse_parts(args.parts)  # a bad --parts fails before any notebook is read
+    result = run_capstone(args.work, args.out, parts=parts, fast=args.fast, progress=not args.no_progress,
+                          force=args.force)
+    print()
+    print(format_result(result))
     return 0
 
 
@@ -476,7 +553,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"pretrain": _pretrain, "sample": _sample, "finetune": _finetune, "dpo": _preference,
+_COMMANDS = {"capstone": _capstone, "pretrain": _pretrain, "sample": _sample, "finetune": _finetune, "dpo": _preference,
              "grpo": _preference, "chat": _chat, "eval": _eval}
 
 

@@ -44,14 +44,14 @@ from llmcourse.model import GPT
 from llmcourse.runs import TOKENIZER_NAME, save_weights, tokenizer_of
 from llmcourse.sampling import SamplingSettings
 from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
-from llmcourse.train import Trainer
+from llmcourse.train import OptimizerParts, Trainer
 from llmcourse.train_config import TrainConfig, from_overrides
 
 __all__ = ["CHAT_ROLES", "CLOZE_STOP", "END", "FINETUNE_CONFIGS", "IGNORE_INDEX", "ChatRows", "ChatSession",
            "FinetuneConfig", "FinetuneTrainer", "answer_questions", "chat_reply", "chat_rows", "check_messages",
            "complete_questions", "document_loss", "get_finetune_config", "grade_questions", "greedy_completions",
-           "pack_chats", "parse_chat", "question_prompts", "render_chat", "resolve_init_from", "run_chat",
-           "sft_batch", "stream_reply"]
+           "pack_chats", "parse_chat", "question_prompts", "render_chat", "render_message", "resolve_init_from",
+           "run_chat", "sft_batch", "stream_reply"]
 
 Message = dict[str, str]
 CHAT_ROLES = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
@@ -90,14 +90,23 @@ def render_chat(tokenizer: Tokenizer, messages: Sequence[Message], *,
     special = tokenizer.special_tokens
     ids, mask = [special[ENDOFTEXT]], [False]
     for message in messages:
-        content = tokenizer.encode_ordinary(message["content"])  # "<|end|>" typed by a user stays text
-        supervised = message["role"] == "assistant"
-        ids += [special[CHAT_ROLES[message["role"]]], *content, special[END]]
-        mask += [False] + [supervised] * (len(content) + 1)
+        message_ids, message_mask = render_message(tokenizer, message)
+        ids += message_ids
+        mask += message_mask
     if add_generation_prompt:
         ids.append(special[CHAT_ROLES["assistant"]])
         mask.append(False)
     return ids, mask
+
+
+def render_message(tokenizer: Tokenizer, message: Message) -> tuple[list[int], list[bool]]:
+    """One checked message (`check_messages`) as `render_chat` lays it out: its role token, the
+    content as ordinary text, <|end|>; the mask True on an assistant's content and <|end|>."""
+    special = tokenizer.special_tokens
+    content = tokenizer.encode_ordinary(message["content"])  # "<|end|>" typed by a user stays text
+    supervised = message["role"] == "assistant"
+    ids = [special[CHAT_ROLES[message["role"]]], *content, special[END]]
+    return ids, [False] + [supervised] * (len(content) + 1)
 
 
 def parse_chat(tokenizer: Tokenizer, ids: Sequence[int]) -> list[Message]:
@@ -330,7 +339,10 @@ class FinetuneTrainer(Trainer):
 
     config_class = FinetuneConfig
 
-    def __init__(self, config: FinetuneConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: FinetuneConfig, *, progress: bool = True, model_swaps: dict[str, Any] | None = None,
+                 optimizer_parts: OptimizerParts | None = None) -> None:
+        """model_swaps (attention_fn, norm_cls, mlp_cls) rebuild the base model with those parts, as
+        `GPT(config, **model_swaps)`; optimizer_parts replace the optimizer, schedule and clipping."""
         if not isinstance(config, FinetuneConfig):
             raise ArgumentError(f"config must be a FinetuneConfig (get_finetune_config), got {type(config).__name__}")
         base_path = resolve_init_from(config.init_from)
@@ -338,7 +350,8 @@ class FinetuneTrainer(Trainer):
         config = _fit_to_base(config, checkpoint["model_config"])
         tokenizer_path = tokenizer_of(base_path, checkpoint["tokenizer"])
         tokenizer = Tokenizer.load(tokenizer_path)
-        model = GPT.from_checkpoint(checkpoint, source=base_path)
+        self.model_swaps = dict(model_swaps or {})
+        model = GPT.from_checkpoint(checkpoint, source=base_path, **self.model_swaps)
         model, tokenizer = self.adapt_base(model, tokenizer)
         config = dataclasses.replace(config, vocab_size=model.config.vocab_size)
         if config.lora_rank:
@@ -347,7 +360,7 @@ class FinetuneTrainer(Trainer):
         self.base_path = base_path
         train, val = self.make_data(config, tokenizer)
         super().__init__(config, model=model, tokenizer=tokenizer, train_tokens=train, val_tokens=val,
-                         progress=progress)
+                         progress=progress, optimizer_parts=optimizer_parts)
         if self.dist.is_main:  # the tokenizer beside the checkpoints, as a pretraining run has it
             self.out_dir.mkdir(parents=True, exist_ok=True)
             tokenizer.save(self.out_dir / TOKENIZER_NAME)

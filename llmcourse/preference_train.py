@@ -158,11 +158,13 @@ class _PreferenceTrainer(FinetuneTrainer):
     config_class = PreferenceConfig
     method = ""
 
-    def __init__(self, config: PreferenceConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: PreferenceConfig, *, progress: bool = True, **parts: Any) -> None:
+        """parts: FinetuneTrainer's `model_swaps` and `optimizer_parts` (the reference model is
+        built with the same swaps as the policy)."""
         if not isinstance(config, PreferenceConfig) or config.method != self.method:
             raise ArgumentError(f"{type(self).__name__} needs a PreferenceConfig with method={self.method!r} "
                                 "(get_preference_config)")
-        super().__init__(config, progress=progress)
+        super().__init__(config, progress=progress, **parts)
         self.stats: dict[str, float] = {}
         self.reference = self._reference() if self.uses_reference() else None
 
@@ -171,7 +173,7 @@ class _PreferenceTrainer(FinetuneTrainer):
 
     def _reference(self) -> GPT:
         """The start model, frozen: the policy is measured against it, and held near it."""
-        start = GPT.from_checkpoint(load_checkpoint(self.base_path), source=self.base_path)
+        start = GPT.from_checkpoint(load_checkpoint(self.base_path), source=self.base_path, **self.model_swaps)
         return start.to(self.device).eval().requires_grad_(False)
 
     def batch_weights(self, batches: list) -> list[float]:

@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,21 @@ class TrainingDivergedError(RuntimeError):
     """The loss or gradient became NaN or infinite; the weights were not updated with it."""
 
 
+@dataclass(frozen=True)
+class OptimizerParts:
+    """The three pieces of an optimizer step that a caller may replace with its own (chapter 18
+    plugs in the learner's): the defaults are `llmcourse.optim`'s.
+
+    make_optimizer(model, lr, weight_decay) -> torch.optim.Optimizer
+    lr_at(step, *, max_lr, warmup_steps, max_steps, min_lr) -> float
+    clip_grad_norm(parameters, max_norm) -> the gradients' global norm before clipping (a 0-d tensor)
+    """
+
+    make_optimizer: Callable[[nn.Module, float, float], torch.optim.Optimizer] = make_optimizer
+    lr_at: Callable[..., float] = lr_at
+    clip_grad_norm: Callable[[Iterable[Tensor], float], Tensor] = clip_grad_norm
+
+
 @dataclass
 class Distributed:
     """Where this process sits in a torchrun job (rank 0 of 1 when run alone)."""
@@ -101,7 +116,8 @@ class Distributed:
 
 class Trainer:
     """Trains a GPT as `config` says. Build the parts from the config, or pass your own
-    (`model`, `tokenizer`, `train_tokens` and `val_tokens` as 1-D arrays of ids).
+    (`model`, `tokenizer`, `train_tokens` and `val_tokens` as 1-D arrays of ids), and your own
+    optimizer, schedule and clipping (`optimizer_parts`).
 
         trainer = Trainer(CONFIGS["cpu-tiny"])
         losses = trainer.train()           # one float per optimizer step
@@ -119,8 +135,10 @@ class Trainer:
         train_tokens: np.ndarray | None = None,
         val_tokens: np.ndarray | None = None,
         progress: bool = True,
+        optimizer_parts: OptimizerParts | None = None,
     ) -> None:
         self.config = config
+        self.optimizer_parts = optimizer_parts or OptimizerParts()
         self.dist = Distributed.from_env()
         self.device = self._setup_device()
         self.out_dir = Path(config.out_dir)
@@ -128,7 +146,7 @@ class Trainer:
         self.tokenizer, self.tokenizer_path = self._setup_tokens(tokenizer, train_tokens, val_tokens)
         seed_everything(config.seed)  # the same initial weights on every rank
         self.raw_model = (model or GPT(config.gpt_config(self.tokenizer.vocab_size))).to(self.device)
-        self.optimizer = make_optimizer(self.raw_model, config.lr, config.weight_decay)
+        self.optimizer = self.optimizer_parts.make_optimizer(self.raw_model, config.lr, config.weight_decay)
         self.model = self._wrap(self.raw_model)
         torch.manual_seed(config.seed + self.dist.rank)  # dropout: different masks per rank
         # One generator draws each global batch on every rank, and each rank keeps its own slice,
@@ -231,7 +249,7 @@ class Trainer:
                     loss = loss + self.config.aux_loss_weight * self.raw_model.aux_loss  # 0 unless MoE
                 (loss / accum).backward()  # the sum of the accum gradients of loss/accum = the big batch's
             total += loss.detach()
-        grad_norm = clip_grad_norm(self.raw_model.parameters(), self.config.grad_clip).item()
+        grad_norm = self.optimizer_parts.clip_grad_norm(self.raw_model.parameters(), self.config.grad_clip).item()
         loss = self._mean_over_ranks(total / accum)
         self._stop_if_diverged(loss, grad_norm)  # before the update: a NaN must never reach the weights
         self.optimizer.step()
@@ -260,7 +278,7 @@ class Trainer:
     def set_learning_rate(self) -> float:
         """Set this step's learning rate (warmup, then cosine decay) on every parameter group."""
         config = self.config
-        lr = lr_at(self.step, max_lr=config.lr, warmup_steps=config.warmup_steps,
+        lr = self.optimizer_parts.lr_at(self.step, max_lr=config.lr, warmup_steps=config.warmup_steps,
                    max_steps=config.max_steps, min_lr=config.min_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr

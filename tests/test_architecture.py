@@ -104,6 +104,12 @@ CHAPTERS: dict[str, int | str] = {
     "editing": 16,
     "context": 16,
     "widgets/levers": 16,
+    # 17 agents
+    "agent": 17,
+    "agent_train": 17,
+    "data/tinyworld/traces": 17,
+    # 18 capstone
+    "capstone": 18,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,

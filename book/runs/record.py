@@ -13,6 +13,7 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py evaluation # chapter 15: report cards, answers, hallucination vs frequency
     .venv/bin/python book/runs/record.py levers     # chapter 16: cpu-sft quantized and pruned, each graded
     .venv/bin/python book/runs/record.py context    # chapter 16: cpu-rope, extended to 2x and 4x its context
+    .venv/bin/python book/runs/record.py agent      # chapter 17: cpu-agent from cpu-sft; with and without tools
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
 so changing the config means recording again.
@@ -448,6 +449,62 @@ def evaluate_context(models: dict, tokenizer, val_tokens, block_size: int) -> di
     }
 
 
+# ---------------------------------------------------------------------------------- chapter 17
+
+AGENT_EVAL_ARITHMETIC = 30  # word problems per operand size (1 to 4 digits)
+AGENT_EVAL_MULTI_HOP = 60  # two-hop questions, sampled from the held-out subjects
+
+
+def record_agent(out_root: Path, progress: bool = True) -> dict:
+    """Fine-tune the recorded cpu-sft model to call tools (cpu-agent, weights kept in
+    out_root/cpu-agent/), then run the chapter's experiment: the same word problems and two-hop
+    questions asked of cpu-sft directly, of cpu-agent with its tools banned, and of cpu-agent with
+    its tools; every reply, grade and transcript into out_root/agent/experiment.json."""
+    from llmcourse.agent import format_transcript
+    from llmcourse.agent_train import (AgentTrainer, accuracy_table, format_accuracy, get_agent_config,
+                                       sample_tasks, tool_experiment)
+    from llmcourse.data.tinyworld.traces import arithmetic_eval, multi_hop_eval
+    from llmcourse.runs import load_model
+
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        config = get_agent_config("cpu-agent", [f"out_dir={work}"])
+        trainer, data_seconds = _trainer(config, progress, AgentTrainer)
+        started = time.perf_counter()
+        trainer.train()
+        train_seconds = time.perf_counter() - started
+        trainer.export(Path(work) / "model.pt")
+        out_dir = out_root / "cpu-agent"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for file in ("model.pt", "tokenizer.json"):
+            data = (Path(work) / file).read_bytes()
+            atomic_write(out_dir / file, lambda handle, data=data: handle.write(data))
+        record = _finish(trainer, out_dir, data_seconds, train_seconds)
+    agent = load_model(out_dir / "model.pt", device="cpu")
+    chat = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
+    tasks = (arithmetic_eval(config.world_seed, n_per_size=AGENT_EVAL_ARITHMETIC, digits=(1, 2, 3, 4))
+             + sample_tasks(multi_hop_eval(config.world_seed), AGENT_EVAL_MULTI_HOP))
+    started = time.perf_counter()
+    runs = tool_experiment(chat, agent, tasks, world_seed=config.world_seed, progress=progress)
+    tables = {condition: accuracy_table(condition_runs) for condition, condition_runs in runs.items()}
+    experiment = {
+        "models": {"direct": "cpu-sft", "tools banned": "cpu-agent", "tools": "cpu-agent"},
+        "tables": tables,
+        "runs": {condition: [{"question": run.task.question, "kind": run.task.kind, "detail": run.task.detail,
+                              "values": list(run.task.values), "reply": run.reply, "grade": run.grade,
+                              "transcript": run.transcript.messages if run.transcript else None,
+                              "finish": run.transcript.finish if run.transcript else None}
+                             for run in condition_runs]
+                 for condition, condition_runs in runs.items()},
+        "experiment_seconds": round(time.perf_counter() - started, 1),
+        "machine": _machine(), "commit": _git_commit(),
+    }
+    _write_json(out_root / "agent" / "experiment.json", experiment)
+    print(format_accuracy(tables))
+    for run in runs["tools"][:: max(1, len(runs["tools"]) // 4)]:
+        print(format_transcript(run.transcript), end="\n\n")
+    return record
+
+
 def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer, **parts) -> tuple[Trainer, float]:
     started = time.perf_counter()
     trainer = kind(config, progress=progress, **parts)  # tokenizes the corpus the first time (cached after)
@@ -517,7 +574,7 @@ def _write_json(path: Path, value) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "evaluation",
-                                          "levers", "context"))
+                                          "levers", "context", "agent"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -533,6 +590,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "evaluation":
         record = record_evaluation(args.out or RUNS / "evaluation", not args.no_progress)
         print(f"report cards {record['report_card_seconds']} s, frequency run {record['frequency_seconds']} s")
+    elif args.which == "agent":
+        record = record_agent(args.out or RUNS, not args.no_progress)
+        print(f"cpu-agent: {record['steps']} steps, {record['train_seconds']} s")
     elif args.which == "levers":
         record_levers(args.out or RUNS / "levers")
     elif args.which == "context":
