@@ -13,7 +13,9 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py evaluation # chapter 15: report cards, answers, hallucination vs frequency
     .venv/bin/python book/runs/record.py levers     # chapter 16: cpu-sft quantized and pruned, each graded
     .venv/bin/python book/runs/record.py context    # chapter 16: cpu-rope, extended to 2x and 4x its context
+    .venv/bin/python book/runs/record.py induction  # chapter 17: an attention-only model learns to copy
     .venv/bin/python book/runs/record.py agent      # chapter 17: cpu-agent from cpu-sft; with and without tools
+    .venv/bin/python book/runs/record.py capstone   # chapter 18: the capstone pipeline, reference and solved parts
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
 so changing the config means recording again.
@@ -505,6 +507,56 @@ def record_agent(out_root: Path, progress: bool = True) -> dict:
     return record
 
 
+# ---------------------------------------------------------------------------------- chapter 18
+
+CAPSTONE_EXERCISES = ("02-tokenization", "05-attention", "07-mlp-residual-norm", "09-training", "11-decoding")
+
+
+def record_capstone(out_dir: Path, progress: bool = True) -> dict:
+    """Run the capstone command's pipeline twice at its CPU config: with the reference parts, and
+    with every part taken from the exercise notebooks of a learner who solved them all (the
+    solution notebooks, copied into a work folder as `course start` would); write both results
+    (parts, stage times, report card, chat) into out_dir/capstone.json. No weights are kept."""
+    import shutil
+
+    from llmcourse.capstone import run_capstone
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        for exercise in CAPSTONE_EXERCISES:
+            source = RUNS.parent.parent / "solutions" / exercise / f"{exercise}.ipynb"
+            (Path(work) / "work" / exercise).mkdir(parents=True)
+            shutil.copyfile(source, Path(work) / "work" / exercise / f"{exercise}.ipynb")
+        for parts in ("reference", "all"):
+            result = run_capstone(Path(work) / "work", Path(work) / f"runs-{parts}", parts=parts, progress=progress)
+            results[parts] = {"parts": result.parts, "messages": result.messages, "notes": result.notes,
+                              "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
+                              "report_card": result.report_card,
+                              "chat": [list(turn) for turn in result.chat]}
+    record = {"runs": results, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "machine": _machine(), "commit": _git_commit(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    _write_json(out_dir / "capstone.json", record)
+    return record
+
+
+# ---------------------------------------------------------------------------------- chapter 17
+
+
+def record_induction(out_dir: Path, progress: bool = True) -> dict:
+    """Chapter 17: train the default `InductionConfig` attention-only model; write out_dir/model.pt
+    and out_dir/history.json (config, per-step history, train seconds, command, commit, machine)."""
+    from llmcourse.induction import InductionConfig, save_induction_run, train_induction_model
+
+    config = InductionConfig()
+    model, history = train_induction_model(config, progress=progress)
+    save_induction_run(out_dir, model, history, config, command=shlex.join([Path(sys.executable).name, *sys.argv]),
+                       commit=_git_commit(), machine=_machine(),
+                       date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return {"steps": config.steps, "train_seconds": history.train_seconds,
+            "repeat_loss": sum(history.second_half[-50:]) / 50}
+
+
 def _trainer(config: TrainConfig, progress: bool, kind: type = Trainer, **parts) -> tuple[Trainer, float]:
     started = time.perf_counter()
     trainer = kind(config, progress=progress, **parts)  # tokenizes the corpus the first time (cached after)
@@ -574,7 +626,8 @@ def _write_json(path: Path, value) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "evaluation",
-                                          "levers", "context", "agent"))
+                                          "levers", "context", "agent",
+                                          "capstone", "induction"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
     parser.add_argument("--no-progress", action="store_true")
@@ -593,6 +646,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "agent":
         record = record_agent(args.out or RUNS, not args.no_progress)
         print(f"cpu-agent: {record['steps']} steps, {record['train_seconds']} s")
+    elif args.which == "capstone":
+        record = record_capstone(args.out or RUNS / "capstone", not args.no_progress)
+        for parts, run in record["runs"].items():
+            print(f"{parts}: {sum(run['stage_seconds'].values()):.0f} s {run['stage_seconds']}")
     elif args.which == "levers":
         record_levers(args.out or RUNS / "levers")
     elif args.which == "context":
@@ -604,6 +661,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             losses = ", ".join(f"{where} {loss:.3f}" for where, loss in row["loss_by_range"].items())
             print(f"{row['model']:>10} {row['method']:>13} {row['length']:>4}: loss {losses}; "
                   f"retrieval near {row['retrieval_near']:.2f}, far {row['retrieval_far']:.2f}")
+    elif args.which == "induction":
+        record = record_induction(args.out or RUNS / "induction", not args.no_progress)
+        print(f"{record['steps']} steps in {record['train_seconds']} s; repeat loss (last 50 steps) "
+              f"{record['repeat_loss']:.3f}")
     elif args.which == "finetune":
         for name, record in record_finetune(args.out or RUNS, not args.no_progress).items():
             print(f"{name}: {record['trainable_params']:,} trained parameters, {record['train_seconds']} s")
