@@ -106,10 +106,14 @@ CHAPTERS: dict[str, int | str] = {
     "widgets/levers": 16,
     # 17 agents
     "agent": 17,
+    "induction": 17,
+    "widgets/induction": 17,
     "agent_train": 17,
     "data/tinyworld/traces": 17,
+    "widgets/agent": 17,
     # 18 capstone
     "capstone": 18,
+    "widgets/capstone": 18,
     # no chapter
     "checks": HELPER,
     "checkpoint": HELPER,
