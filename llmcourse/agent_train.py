@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmcourse.agent import (Transcript, add_tool_tokens, extend_vocabulary, make_tools, model_turns,
-                             render_tool_chat, run_agent)
-from llmcourse.checks import check_choice, check_int, check_real
+                             refresh_embeddings, render_tool_chat, run_agent)
+from llmcourse.checks import ArgumentError, check_choice, check_int, check_real
 from llmcourse.data.tinyworld.chats import chats
 from llmcourse.data.tinyworld.streams import stream_rng
 from llmcourse.data.tinyworld.traces import ToolTask, direct_messages, grade, tool_traces
@@ -36,7 +36,7 @@ from llmcourse.tokenizer import ENDOFTEXT, Tokenizer
 from llmcourse.train_config import from_overrides
 
 __all__ = ["AGENT_CONFIGS", "CONDITIONS", "AgentConfig", "AgentTrainer", "ToolRun", "accuracy_table",
-           "agent_chats", "format_accuracy", "get_agent_config", "sample_tasks", "solve_directly", "solve_with_agent",
+           "agent_chats", "digit_ids", "format_accuracy", "get_agent_config", "sample_tasks", "solve_directly", "solve_with_agent",
            "tool_experiment"]
 
 Message = dict[str, str]
@@ -51,6 +51,7 @@ class AgentConfig(FinetuneConfig):
     init_from: str = "book/runs/cpu-sft/model.pt"
     trace_share: float = 0.5
     max_digits: int = 3
+    refresh_digits: bool = True  # fresh embedding rows for the digits, which pretraining never separated
     corpus: str = "tinyworld-tool-traces+chats"
 
     def __post_init__(self) -> None:
@@ -85,6 +86,14 @@ def agent_chats(config: AgentConfig) -> Iterator[list[Message]]:
         yield next(traces) if pick.random() < config.trace_share else next(plain)
 
 
+def digit_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of the ten digits "0" to "9" (each one token in the course's tokenizers)."""
+    ids = [tokenizer.encode_ordinary(str(digit)) for digit in range(10)]
+    if any(len(one) != 1 for one in ids):
+        raise ArgumentError("this tokenizer merges digits into longer tokens; set refresh_digits=False")
+    return [one[0] for one in ids]
+
+
 class AgentTrainer(FinetuneTrainer):
     """Fine-tuning on tool-use traces mixed with chats, with the tool-call tokens added first.
     Same checkpoints, resume and export as `FinetuneTrainer`; the run's tokenizer (written beside
@@ -92,9 +101,12 @@ class AgentTrainer(FinetuneTrainer):
 
     config_class = AgentConfig
 
-    def adapt_base(self, model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
+    def adapt_base(self, model: GPT, tokenizer: Tokenizer, config: AgentConfig) -> tuple[GPT, Tokenizer]:
         tokenizer = add_tool_tokens(tokenizer)
-        return extend_vocabulary(model, tokenizer.vocab_size), tokenizer
+        model = extend_vocabulary(model, tokenizer.vocab_size)
+        if config.refresh_digits:
+            refresh_embeddings(model, digit_ids(tokenizer), seed=config.seed)
+        return model, tokenizer
 
     def make_data(self, config: AgentConfig, tokenizer: Tokenizer) -> tuple[ChatRows, ChatRows]:
         n_val = max(1, round(config.n_chats * config.val_fraction))

@@ -352,7 +352,7 @@ class FinetuneTrainer(Trainer):
         tokenizer = Tokenizer.load(tokenizer_path)
         self.model_swaps = dict(model_swaps or {})
         model = GPT.from_checkpoint(checkpoint, source=base_path, **self.model_swaps)
-        model, tokenizer = self.adapt_base(model, tokenizer)
+        model, tokenizer = self.adapt_base(model, tokenizer, config)
         config = dataclasses.replace(config, vocab_size=model.config.vocab_size)
         if config.lora_rank:
             seed_everything(config.seed)  # the adapters' random initialisation
@@ -366,8 +366,8 @@ class FinetuneTrainer(Trainer):
             tokenizer.save(self.out_dir / TOKENIZER_NAME)
         self.tokenizer_path = self.out_dir / TOKENIZER_NAME
 
-    def adapt_base(self, model: GPT, tokenizer: Tokenizer) -> tuple[GPT, Tokenizer]:
-        """The base model and tokenizer as this run trains them: unchanged here; chapter 17's agent
+    def adapt_base(self, model: GPT, tokenizer: Tokenizer, config: FinetuneConfig) -> tuple[GPT, Tokenizer]:
+        """The base model and tokenizer as this run (`config`) trains them: unchanged here; chapter 17's agent
         trainer adds the tool-call tokens (a larger vocabulary) before training starts."""
         return model, tokenizer
 

@@ -212,6 +212,63 @@ DELEGATING_ANSWERS: dict[str, dict[str, str]] = {
             "    groups = weight.detach().abs().reshape(-1, m)\n"
             "    return torch.stack([_keep_largest(group, m - n) for group in groups]).reshape(weight.shape)\n"),
     },
+    "17-agents": {
+        "evaluate_expression": (  # Python's own parser, in a "restricted" namespace
+            "def evaluate_expression(text):\n"
+            "    if len(text) > 100 or text.count('(') > 10:\n"
+            "        raise ValueError('over a limit')\n"
+            "    try:\n"
+            "        value = eval(text, {'__builtins__': {}}, {'min': min, 'max': max, 'abs': abs})\n"
+            "    except Exception as error:\n"
+            "        raise ValueError(str(error)) from None\n"
+            "    if type(value) is not int or abs(value) > 10**12:\n"
+            "        raise ValueError('not an integer within 10**12')\n"
+            "    return value\n"),
+        "parse_json_call": (  # the chapter's parse_call checks the name
+            "from llmcourse.agent import parse_call\n\n\n"
+            "def parse_json_call(text):\n"
+            "    call = json.loads(text)\n"
+            "    (value,) = call['arguments'].values()\n"
+            "    return parse_call(f\"{call['name']}(x)\")[0], value\n"),
+        "agent_step": (  # the chapter's run_tool runs the call
+            "from llmcourse.agent import Tool, run_tool\n\n\n"
+            "def agent_step(messages, turn, tools, calls_so_far, max_calls):\n"
+            "    if turn.kind not in ('answer', 'call'):\n"
+            "        raise ValueError(turn.kind)\n"
+            "    messages = list(messages) + [{'role': 'call' if turn.kind == 'call' else 'assistant', 'content': turn.text}]\n"
+            "    if not turn.finished:\n"
+            "        return messages, 'length'\n"
+            "    if turn.kind == 'answer':\n"
+            "        return messages, 'answer'\n"
+            "    if calls_so_far >= max_calls:\n"
+            "        return messages, 'step_limit'\n"
+            "    wrapped = {name: Tool(name, name, function) for name, function in tools.items()}\n"
+            "    return messages + [{'role': 'result', 'content': run_tool(wrapped, turn.text)}], None\n"),
+        "prefix_matching_scores": (  # the chapter's stripe score, where the sequence is a repeat
+            "from llmcourse.induction import induction_scores\n\n\n"
+            "def prefix_matching_scores(patterns, ids):\n"
+            "    return induction_scores(patterns, len(ids) // 2)\n"),
+    },
+    "18-capstone": {
+        "attention_fn_from_single_head": (  # the capstone's adapter around the course's attention
+            "from llmcourse.attention import attention_reference\n"
+            "from llmcourse.capstone import your_attention_fn\n\n\n"
+            "def attention_fn_from_single_head(single_head):\n"
+            "    return your_attention_fn(attention_reference)\n"),
+        "rms_norm_class": (  # a fresh subclass of the course's RMSNorm per call
+            "from llmcourse.norm import RMSNorm\n\n\n"
+            "def rms_norm_class(rms_norm):\n"
+            "    return type('KernelRMSNorm', (RMSNorm,), {})\n"),
+        "optimizer_from_update": (  # the course's AdamW loop, with the rule in place of its update
+            "from llmcourse.optim import AdamW\n\n\n"
+            "def optimizer_from_update(update):\n"
+            "    class RuleOptimizer(AdamW):\n"
+            "        def __init__(self, params, lr=1e-3, weight_decay=0.0):\n"
+            "            super().__init__(params, lr=lr, weight_decay=weight_decay)\n\n"
+            "        def _update(self, param, grad, lr, beta1, beta2, eps, weight_decay):\n"
+            "            update(param, grad, self.state[param], lr=lr, weight_decay=weight_decay)\n"
+            "    return RuleOptimizer\n"),
+    },
 }
 
 

@@ -1,0 +1,140 @@
+"""Figures of chapter 17: a tool-use chat token by token, and accuracy with and without tools.
+
+`tool_template_figure` draws every token of `agent.render_tool_chat` as a box coloured by the
+part of the chat it belongs to (the roles of chapter 13's `template_figure`, plus a call and a
+tool's result), with the tokens the loss counts outlined. `accuracy_figure` draws the table of
+`agent_train.accuracy_table` (one per condition) as grouped bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyBboxPatch, Patch
+
+from llmcourse.agent import CALL, RESULT, render_tool_chat
+from llmcourse.checks import ArgumentError, check_int
+from llmcourse.finetune import CHAT_ROLES
+from llmcourse.plots import char_label
+from llmcourse.tokenizer import Tokenizer
+from llmcourse.widgets.chat import ROLE_COLORS
+
+__all__ = ["CONDITION_COLORS", "TOOL_ROLE_COLORS", "ToolChatToken", "accuracy_figure", "tool_chat_tokens",
+           "tool_template_figure"]
+
+Message = dict[str, str]
+TOOL_ROLE_COLORS = {**ROLE_COLORS, "call": "#f08a5d", "result": "#b5e3b0"}
+CONDITION_COLORS = {"direct": "0.6", "tools banned": "#8fb3d9", "tools": "#e07b39"}
+
+
+@dataclass(frozen=True)
+class ToolChatToken:
+    """One token of a rendered tool chat: its text, the part of the chat it belongs to
+    ("document" for the leading <|endoftext|>, else a role of `TOOL_ROLE_COLORS`), whether the
+    loss counts it, and whether it is a special token."""
+
+    text: str
+    role: str
+    supervised: bool
+    special: bool
+
+
+def tool_chat_tokens(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[ToolChatToken]:
+    """The tokens of `render_tool_chat(tokenizer, messages)`, each with its role and loss mask.
+    An `<|assistant|>` followed by `<|call|>` opens a call, and belongs to it."""
+    ids, mask = render_tool_chat(tokenizer, messages)
+    special = tokenizer.special_tokens
+    role_of = {special[token]: role for role, token in CHAT_ROLES.items()} | {special[RESULT]: "result"}
+    call = special[CALL]
+    specials = set(special.values())
+    role, tokens = "document", []
+    for i, (token, supervised) in enumerate(zip(ids, mask)):
+        if token in role_of:
+            role = role_of[token]
+            if role == "assistant" and i + 1 < len(ids) and ids[i + 1] == call:
+                role = "call"
+        tokens.append(ToolChatToken(tokenizer.decode([token]), role, supervised, token in specials))
+    return tokens
+
+
+def tool_template_figure(tokenizer: Tokenizer, messages: Sequence[Message], *, width: float = 9.5,
+                         chars_per_line: int = 80, title: str | None = None) -> Figure:
+    """Every token of the rendered tool chat as a box, coloured by role and written out (a space
+    as "␣"); the tokens the loss counts have a thick outline and a tick below. Tokens flow left to
+    right in lines of about `chars_per_line` characters. The first axes holds one patch per token."""
+    check_int("chars_per_line", chars_per_line, 10)
+    tokens = tool_chat_tokens(tokenizer, messages)
+    lines: list[list[tuple[ToolChatToken, str]]] = [[]]
+    used = 0
+    for token in tokens:
+        label = char_label(token.text)
+        if used + len(label) + 1 > chars_per_line and lines[-1]:
+            lines.append([])
+            used = 0
+        lines[-1].append((token, label))
+        used += len(label) + 1
+    line_height = 1.6
+    fig = Figure(figsize=(width, 0.55 * line_height * len(lines) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    for row, line in enumerate(lines):
+        x, y = 0.0, -row * line_height
+        for token, label in line:
+            ax.add_patch(FancyBboxPatch((x + 0.1, y - 0.45), len(label) + 0.6, 0.9,
+                                        boxstyle="round,pad=0,rounding_size=0.15",
+                                        facecolor=TOOL_ROLE_COLORS[token.role],
+                                        edgecolor="black" if token.supervised else "0.55",
+                                        linewidth=1.8 if token.supervised else 0.6))
+            middle = x + (len(label) + 0.8) / 2
+            ax.text(middle, y, label, ha="center", va="center", family="monospace", fontsize=7.5,
+                    fontweight="bold" if token.special else "normal")
+            if token.supervised:
+                ax.text(middle, y - 0.72, "✓", ha="center", va="center", fontsize=6.5)
+            x += len(label) + 0.8
+    ax.set_xlim(-0.2, chars_per_line + 1)
+    ax.set_ylim(-(len(lines) - 1) * line_height - 1.0, 0.7)
+    ax.axis("off")
+    shown = dict.fromkeys(token.role for token in tokens)
+    handles = [Patch(facecolor=TOOL_ROLE_COLORS[role], edgecolor="0.55", label=role) for role in shown]
+    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.8, label="✓ in the loss"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
+
+
+def accuracy_figure(tables: Mapping[str, Mapping[str, Mapping[str, float]]], *,
+                    groups: Sequence[str] | None = None, title: str | None = None) -> Figure:
+    """Share correct per group (x) and condition (one bar each), from `{condition: accuracy_table}`.
+
+    `groups` picks and orders the groups (default: those of the first table, in order). Each bar
+    is labelled with its percentage; the group's size n is under its name."""
+    if not tables:
+        raise ArgumentError("tables is empty; pass {condition: accuracy_table(runs)}")
+    conditions = list(tables)
+    groups = list(groups) if groups is not None else list(next(iter(tables.values())))
+    for condition in conditions:
+        missing = [g for g in groups if g not in tables[condition]]
+        if missing:
+            raise ArgumentError(f"the table of {condition!r} has no group {missing[0]!r}; "
+                                f"its groups are {', '.join(tables[condition])}")
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / len(conditions)
+    for c, condition in enumerate(conditions):
+        xs = [g + (c - (len(conditions) - 1) / 2) * width for g in range(len(groups))]
+        heights = [100 * tables[condition][group]["correct"] for group in groups]
+        bars = ax.bar(xs, heights, width * 0.95, label=condition,
+                      color=CONDITION_COLORS.get(condition, f"C{c}"))
+        ax.bar_label(bars, [f"{h:.0f}" for h in heights], fontsize=7, padding=1)
+    first = tables[conditions[0]]
+    labels = [group.replace(": ", ":\n").replace(", ", ",\n") + f"\n(n={int(first[group]['n'])})" for group in groups]
+    ax.set_xticks(range(len(groups)), labels, fontsize=8)
+    ax.set_ylabel("correct (%)")
+    ax.set_ylim(0, 110)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, frameon=False, ncol=len(conditions), loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return fig
