@@ -500,11 +500,35 @@ def record_agent(out_root: Path, progress: bool = True) -> dict:
         "experiment_seconds": round(time.perf_counter() - started, 1),
         "machine": _machine(), "commit": _git_commit(),
     }
+    experiment["ablation"] = _agent_without_fresh_digits(chat, tasks, progress)
     _write_json(out_root / "agent" / "experiment.json", experiment)
     print(format_accuracy(tables))
     for run in runs["tools"][:: max(1, len(runs["tools"]) // 4)]:
         print(format_transcript(run.transcript), end="\n\n")
     return record
+
+
+def _agent_without_fresh_digits(chat, tasks, progress: bool) -> dict:
+    """The same cpu-agent training with refresh_digits=false (the digits keep pretraining's
+    collapsed embedding rows), asked the arithmetic tasks with tools: what the fresh rows buy."""
+    from llmcourse.agent import mean_cosine_similarity
+    from llmcourse.agent_train import AgentTrainer, accuracy_table, digit_ids, get_agent_config, solve_with_agent
+
+    with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
+        config = get_agent_config("cpu-agent", [f"out_dir={work}", "refresh_digits=false", "checkpoint_every=0"])
+        trainer, _ = _trainer(config, progress, AgentTrainer)
+        started = time.perf_counter()
+        losses = trainer.train()
+        train_seconds = time.perf_counter() - started
+        model, tokenizer = trainer.raw_model.eval(), trainer.tokenizer
+    arithmetic = [task for task in tasks if task.kind == "arithmetic"]
+    runs = solve_with_agent(model, tokenizer, arithmetic, world_seed=config.world_seed, progress=progress)
+    return {"settings": ["refresh_digits=false"], "train_seconds": round(train_seconds, 1),
+            "final_train_loss": losses[-1],
+            "digit_cosine_after": mean_cosine_similarity(model, digit_ids(tokenizer)),
+            "table": accuracy_table(runs),
+            "calls_exact": sum(bool(run.transcript.calls) and run.transcript.calls[0][0] == run.task.calls[0]
+                               for run in runs)}
 
 
 # ---------------------------------------------------------------------------------- chapter 18

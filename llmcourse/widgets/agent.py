@@ -12,14 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyBboxPatch, Patch
 
 from llmcourse.agent import CALL, RESULT, render_tool_chat
-from llmcourse.checks import ArgumentError, check_int
+from llmcourse.checks import ArgumentError
 from llmcourse.finetune import CHAT_ROLES
-from llmcourse.plots import char_label
 from llmcourse.tokenizer import Tokenizer
-from llmcourse.widgets.chat import ROLE_COLORS
+from llmcourse.widgets.chat import ROLE_COLORS, token_boxes_figure
 
 __all__ = ["CONDITION_COLORS", "TOOL_ROLE_COLORS", "ToolChatToken", "accuracy_figure", "tool_chat_tokens",
            "tool_template_figure"]
@@ -62,46 +60,10 @@ def tool_chat_tokens(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[
 def tool_template_figure(tokenizer: Tokenizer, messages: Sequence[Message], *, width: float = 9.5,
                          chars_per_line: int = 80, title: str | None = None) -> Figure:
     """Every token of the rendered tool chat as a box, coloured by role and written out (a space
-    as "␣"); the tokens the loss counts have a thick outline and a tick below. Tokens flow left to
-    right in lines of about `chars_per_line` characters. The first axes holds one patch per token."""
-    check_int("chars_per_line", chars_per_line, 10)
-    tokens = tool_chat_tokens(tokenizer, messages)
-    lines: list[list[tuple[ToolChatToken, str]]] = [[]]
-    used = 0
-    for token in tokens:
-        label = char_label(token.text)
-        if used + len(label) + 1 > chars_per_line and lines[-1]:
-            lines.append([])
-            used = 0
-        lines[-1].append((token, label))
-        used += len(label) + 1
-    line_height = 1.6
-    fig = Figure(figsize=(width, 0.55 * line_height * len(lines) + 1.2), layout="constrained")
-    ax = fig.add_subplot()
-    for row, line in enumerate(lines):
-        x, y = 0.0, -row * line_height
-        for token, label in line:
-            ax.add_patch(FancyBboxPatch((x + 0.1, y - 0.45), len(label) + 0.6, 0.9,
-                                        boxstyle="round,pad=0,rounding_size=0.15",
-                                        facecolor=TOOL_ROLE_COLORS[token.role],
-                                        edgecolor="black" if token.supervised else "0.55",
-                                        linewidth=1.8 if token.supervised else 0.6))
-            middle = x + (len(label) + 0.8) / 2
-            ax.text(middle, y, label, ha="center", va="center", family="monospace", fontsize=7.5,
-                    fontweight="bold" if token.special else "normal")
-            if token.supervised:
-                ax.text(middle, y - 0.72, "✓", ha="center", va="center", fontsize=6.5)
-            x += len(label) + 0.8
-    ax.set_xlim(-0.2, chars_per_line + 1)
-    ax.set_ylim(-(len(lines) - 1) * line_height - 1.0, 0.7)
-    ax.axis("off")
-    shown = dict.fromkeys(token.role for token in tokens)
-    handles = [Patch(facecolor=TOOL_ROLE_COLORS[role], edgecolor="0.55", label=role) for role in shown]
-    handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.8, label="✓ in the loss"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        ax.set_title(title, fontsize=10)
-    return fig
+    as "␣"); the tokens the loss counts have a thick outline and a tick below (chapter 13's
+    `token_boxes_figure`). The first axes holds one patch per token."""
+    return token_boxes_figure(tool_chat_tokens(tokenizer, messages), TOOL_ROLE_COLORS, width=width,
+                              chars_per_line=chars_per_line, title=title)
 
 
 def accuracy_figure(tables: Mapping[str, Mapping[str, Mapping[str, float]]], *,

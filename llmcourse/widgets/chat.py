@@ -27,7 +27,7 @@ from llmcourse.tokenizer import Tokenizer
 from llmcourse.widgets.explorer import Explorer
 
 __all__ = ["ROLE_COLORS", "ChatExplorer", "ChatToken", "chat_explorer", "chat_tokens", "conversation_html",
-           "example_questions", "sample_chats_html", "template_figure"]
+           "example_questions", "sample_chats_html", "template_figure", "token_boxes_figure"]
 
 Message = dict[str, str]
 # One colour per part of a chat: the document start, then each role's messages.
@@ -70,8 +70,17 @@ def template_figure(tokenizer: Tokenizer, messages: Sequence[Message], *, width:
 
     Tokens flow left to right in lines of about `chars_per_line` characters, as text does. The
     figure's first axes holds one patch per token, in order (`fig.axes[0].patches`)."""
+    return token_boxes_figure(chat_tokens(tokenizer, messages), ROLE_COLORS, width=width,
+                              chars_per_line=chars_per_line, title=title)
+
+
+def token_boxes_figure(tokens: Sequence[ChatToken], colors: Mapping[str, str], *, width: float = 9.5,
+                       chars_per_line: int = 78, title: str | None = None) -> Figure:
+    """`tokens` (anything with text, role, supervised and special, as `ChatToken`) drawn as boxes
+    coloured by `colors[role]`, the supervised ones outlined and ticked, in lines of about
+    `chars_per_line` characters; a legend names the colours of the roles shown (chapter 17 draws
+    its tool chats with this too)."""
     check_int("chars_per_line", chars_per_line, 10)
-    tokens = chat_tokens(tokenizer, messages)
     lines: list[list[tuple[ChatToken, str]]] = [[]]
     used = 0
     for token in tokens:
@@ -90,7 +99,7 @@ def template_figure(tokenizer: Tokenizer, messages: Sequence[Message], *, width:
         for token, label in line:
             box = FancyBboxPatch((x + 0.1, y - 0.45), len(label) + 0.8 - 0.2, 0.9,
                                  boxstyle="round,pad=0,rounding_size=0.15",
-                                 facecolor=ROLE_COLORS[token.role],
+                                 facecolor=colors[token.role],
                                  edgecolor="black" if token.supervised else "0.55",
                                  linewidth=1.8 if token.supervised else 0.6)
             ax.add_patch(box)
@@ -103,8 +112,9 @@ def template_figure(tokenizer: Tokenizer, messages: Sequence[Message], *, width:
     ax.set_ylim(-(len(lines) - 1) * line_height - 1.0, 0.7)
     ax.set_aspect("auto")
     ax.axis("off")
-    handles = [FancyBboxPatch((0, 0), 1, 1, facecolor=color, edgecolor="0.55", label=role)
-               for role, color in ROLE_COLORS.items()]
+    shown = [role for role in colors if any(token.role == role for token in tokens)]
+    handles = [FancyBboxPatch((0, 0), 1, 1, facecolor=colors[role], edgecolor="0.55", label=role)
+               for role in shown]
     handles.append(FancyBboxPatch((0, 0), 1, 1, facecolor="white", edgecolor="black", linewidth=1.8,
                                   label="✓ in the loss"))
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
