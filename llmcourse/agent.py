@@ -609,8 +609,9 @@ def model_turns(model: GPT, tokenizer: Tokenizer, *, settings: SamplingSettings 
     A first token <|call|> makes the turn a call; its text is then written by a second generation
     that starts after <|call|>, from the same token budget. allow_calls=False bans <|call|> (a
     logit bias of -inf): the same model must answer from its weights. <|result|> is always
-    banned: a result comes from a tool, never from the model. A chat that leaves no room for
-    `max_new_tokens` in the context raises ContextFull (run_agent ends with finish "context").
+    banned: a result comes from a tool, never from the model. A turn gets `max_new_tokens`, or
+    the room left in the context if that is less (a turn cut short by it ends "length"); a chat
+    that fills the context raises ContextFull (run_agent ends with finish "context").
     """
     _check_tokenizer(tokenizer)
     check_int("max_new_tokens", max_new_tokens, 1)
@@ -629,15 +630,15 @@ def model_turns(model: GPT, tokenizer: Tokenizer, *, settings: SamplingSettings 
 
     def next_turn(messages: list[Message]) -> Turn:
         prompt = render_tool_chat(tokenizer, messages, add_generation_prompt=True)[0]
-        if len(prompt) + max_new_tokens > block_size:
-            raise ContextFull(f"the conversation ({len(prompt)} tokens) leaves no room for {max_new_tokens} "
-                              f"new tokens in the model's context of {block_size}")
-        first = continue_chat(prompt, max_new_tokens)
+        budget = min(max_new_tokens, block_size - len(prompt))  # a short answer may fit where 40 tokens do not
+        if budget < 1:
+            raise ContextFull(f"the conversation ({len(prompt)} tokens) fills the model's context of {block_size}")
+        first = continue_chat(prompt, budget)
         if first.token_ids[0] != call:
             return Turn("answer", first.text, _ended(first))
-        if max_new_tokens == 1:
+        if budget == 1:
             return Turn("call", "", finished=False)
-        written = continue_chat(prompt + [call], max_new_tokens - 1)
+        written = continue_chat(prompt + [call], budget - 1)
         return Turn("call", written.text, _ended(written))
 
     return next_turn

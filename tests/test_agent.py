@@ -477,6 +477,10 @@ def test_model_turns_when_the_context_is_full(tokenizer):
     assert transcript.finish == "context" and "context of 48" in transcript.note
     with pytest.raises(ContextFull):
         next_turn([{"role": "user", "content": "word " * 40}])
+    question = [{"role": "user", "content": "word " * 10}]  # leaves less room than 20 new tokens, but some
+    room = 48 - len(render_tool_chat(tokenizer, question, add_generation_prompt=True)[0])
+    assert 0 < room < 20
+    assert isinstance(next_turn(question), Turn)  # the turn gets the room there is, not an error
 
 
 def test_model_turns_checks_model_and_tokenizer(micro_tokenizer, tokenizer):

@@ -15,6 +15,7 @@ package's own Trainer, run with the package's own configs; each run folder keeps
     .venv/bin/python book/runs/record.py context    # chapter 16: cpu-rope, extended to 2x and 4x its context
     .venv/bin/python book/runs/record.py induction  # chapter 17: an attention-only model learns to copy
     .venv/bin/python book/runs/record.py agent      # chapter 17: cpu-agent from cpu-sft; with and without tools
+    .venv/bin/python book/runs/record.py agent-experiment   # chapter 17's experiment again, of the recorded cpu-agent
     .venv/bin/python book/runs/record.py capstone   # chapter 18: the capstone pipeline, reference and solved parts
 
 tests/test_runs.py fails when the recorded cpu-tiny run no longer matches CONFIGS["cpu-tiny"],
@@ -457,16 +458,18 @@ AGENT_EVAL_ARITHMETIC = 30  # word problems per operand size (1 to 4 digits)
 AGENT_EVAL_MULTI_HOP = 60  # two-hop questions, sampled from the held-out subjects
 
 
+# What the agent's training budget and its fresh digit rows each buy: cpu-agent trained again with
+# one change, asked the word problems with tools.
+AGENT_ABLATIONS = {
+    "without fresh digit rows": ("refresh_digits=false",),
+    "chapter 13's budget (400 steps at lr 5e-4)": ("max_steps=400", "lr=5e-4", "min_lr=5e-5", "warmup_steps=20"),
+}
+
+
 def record_agent(out_root: Path, progress: bool = True) -> dict:
     """Fine-tune the recorded cpu-sft model to call tools (cpu-agent, weights kept in
-    out_root/cpu-agent/), then run the chapter's experiment: the same word problems and two-hop
-    questions asked of cpu-sft directly, of cpu-agent with its tools banned, and of cpu-agent with
-    its tools; every reply, grade and transcript into out_root/agent/experiment.json."""
-    from llmcourse.agent import format_transcript
-    from llmcourse.agent_train import (AgentTrainer, accuracy_table, format_accuracy, get_agent_config,
-                                       sample_tasks, tool_experiment)
-    from llmcourse.data.tinyworld.traces import arithmetic_eval, multi_hop_eval
-    from llmcourse.runs import load_model
+    out_root/cpu-agent/), then run the chapter's experiment (`record_agent_experiment`)."""
+    from llmcourse.agent_train import AgentTrainer, get_agent_config
 
     with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
         config = get_agent_config("cpu-agent", [f"out_dir={work}"])
@@ -481,7 +484,21 @@ def record_agent(out_root: Path, progress: bool = True) -> dict:
             data = (Path(work) / file).read_bytes()
             atomic_write(out_dir / file, lambda handle, data=data: handle.write(data))
         record = _finish(trainer, out_dir, data_seconds, train_seconds)
-    agent = load_model(out_dir / "model.pt", device="cpu")
+    record_agent_experiment(out_root, progress)
+    return record
+
+
+def record_agent_experiment(out_root: Path, progress: bool = True) -> dict:
+    """The same word problems and two-hop questions asked of cpu-sft directly, of cpu-agent with
+    its tools banned, and of cpu-agent with its tools (out_root/cpu-agent's weights); then
+    AGENT_ABLATIONS. Every reply, grade and transcript into out_root/agent/experiment.json."""
+    from llmcourse.agent import format_transcript
+    from llmcourse.agent_train import accuracy_table, format_accuracy, get_agent_config, sample_tasks, tool_experiment
+    from llmcourse.data.tinyworld.traces import arithmetic_eval, multi_hop_eval
+    from llmcourse.runs import load_model
+
+    config = get_agent_config("cpu-agent")
+    agent = load_model(out_root / "cpu-agent" / "model.pt", device="cpu")
     chat = load_model(RUNS / "cpu-sft" / "model.pt", device="cpu")
     tasks = (arithmetic_eval(config.world_seed, n_per_size=AGENT_EVAL_ARITHMETIC, digits=(1, 2, 3, 4))
              + sample_tasks(multi_hop_eval(config.world_seed), AGENT_EVAL_MULTI_HOP))
@@ -500,22 +517,26 @@ def record_agent(out_root: Path, progress: bool = True) -> dict:
         "experiment_seconds": round(time.perf_counter() - started, 1),
         "machine": _machine(), "commit": _git_commit(),
     }
-    experiment["ablation"] = _agent_without_fresh_digits(chat, tasks, progress)
+    experiment["ablations"] = {name: _agent_ablation(overrides, tasks, progress)
+                               for name, overrides in AGENT_ABLATIONS.items()}
+    experiment["ablation"] = experiment["ablations"]["without fresh digit rows"]  # the first one, as before
     _write_json(out_root / "agent" / "experiment.json", experiment)
     print(format_accuracy(tables))
+    for name, ablation in experiment["ablations"].items():
+        print(f"{name}: {ablation['table']['all']['correct']:.0%} of the word problems right, first call exact in "
+              f"{ablation['calls_exact']}, digit rows' mean cosine {ablation['digit_cosine_after']:.3f}")
     for run in runs["tools"][:: max(1, len(runs["tools"]) // 4)]:
         print(format_transcript(run.transcript), end="\n\n")
-    return record
+    return experiment
 
 
-def _agent_without_fresh_digits(chat, tasks, progress: bool) -> dict:
-    """The same cpu-agent training with refresh_digits=false (the digits keep pretraining's
-    collapsed embedding rows), asked the arithmetic tasks with tools: what the fresh rows buy."""
+def _agent_ablation(overrides: Sequence[str], tasks, progress: bool) -> dict:
+    """cpu-agent trained again with `overrides` (no weights kept), asked the arithmetic tasks with tools."""
     from llmcourse.agent import mean_cosine_similarity
     from llmcourse.agent_train import AgentTrainer, accuracy_table, digit_ids, get_agent_config, solve_with_agent
 
     with tempfile.TemporaryDirectory(prefix="llmcourse-record-") as work:
-        config = get_agent_config("cpu-agent", [f"out_dir={work}", "refresh_digits=false", "checkpoint_every=0"])
+        config = get_agent_config("cpu-agent", [f"out_dir={work}", "checkpoint_every=0", *overrides])
         trainer, _ = _trainer(config, progress, AgentTrainer)
         started = time.perf_counter()
         losses = trainer.train()
@@ -523,8 +544,7 @@ def _agent_without_fresh_digits(chat, tasks, progress: bool) -> dict:
         model, tokenizer = trainer.raw_model.eval(), trainer.tokenizer
     arithmetic = [task for task in tasks if task.kind == "arithmetic"]
     runs = solve_with_agent(model, tokenizer, arithmetic, world_seed=config.world_seed, progress=progress)
-    return {"settings": ["refresh_digits=false"], "train_seconds": round(train_seconds, 1),
-            "final_train_loss": losses[-1],
+    return {"overrides": list(overrides), "train_seconds": round(train_seconds, 1), "final_train_loss": losses[-1],
             "digit_cosine_after": mean_cosine_similarity(model, digit_ids(tokenizer)),
             "table": accuracy_table(runs),
             "calls_exact": sum(bool(run.transcript.calls) and run.transcript.calls[0][0] == run.task.calls[0]
@@ -650,7 +670,7 @@ def _write_json(path: Path, value) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("which", choices=("pretrain", "scaling", "finetune", "finetune-eval", "preference", "evaluation",
-                                          "levers", "context", "agent",
+                                          "levers", "context", "agent", "agent-experiment",
                                           "capstone", "induction"))
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, as for pretrain")
     parser.add_argument("--out", type=Path, help="default: book/runs/cpu-tiny or book/runs/scaling")
@@ -670,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "agent":
         record = record_agent(args.out or RUNS, not args.no_progress)
         print(f"cpu-agent: {record['steps']} steps, {record['train_seconds']} s")
+    elif args.which == "agent-experiment":
+        record_agent_experiment(args.out or RUNS, not args.no_progress)
     elif args.which == "capstone":
         record = record_capstone(args.out or RUNS / "capstone", not args.no_progress)
         for parts, run in record["runs"].items():
