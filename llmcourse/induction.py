@@ -289,8 +289,9 @@ def copy_loss_by_gap(model: GPT, length: int, gaps: list[int] | range, *, batch_
 
     The loss counts the repeat's tokens 2..L (its first token cannot be known). The model reads
     with a sliding window of block_size tokens (see `token_losses`), so a repeated token is
-    copyable only while its first occurrence's successor, `length + gap - 1` positions back, is
-    inside the window: the loss stays low up to gap = block_size - length and jumps to ~ln V after.
+    copyable only while the earlier copy's successor (the key the induction head finds) and the
+    token before it (which the previous-token head reads at that key) are both inside the window:
+    the loss stays low up to gap = block_size - length - 1 and jumps to ~ln V after.
     """
     check_int("length", length, 2, hint="the segment needs 2 tokens for one to be copyable")
     model.eval()

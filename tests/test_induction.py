@@ -127,5 +127,8 @@ def test_figures_draw_the_numbers(recorded):
     assert len(fig.axes[0].patches) == 2 * config.n_layer * config.n_head
     fig = gap_figure([0, 8], [0.5, 5.0], 64, 16, 128)
     assert list(fig.axes[0].lines[0].get_ydata()) == [0.5, 5.0]
+    # gap 47 is the last copyable one (the key's previous token, 16 + 47 = 63 back, is the window's
+    # first), gap 48 the first that is not: the edge lies between them
+    assert list(fig.axes[0].lines[1].get_xdata()) == [47.5, 47.5]
     with pytest.raises(ArgumentError):
         gap_figure([0], [1.0, 2.0], 64, 16, 128)

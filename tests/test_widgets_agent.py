@@ -45,6 +45,14 @@ def test_accuracy_figure_has_a_bar_per_group_and_condition():
     fig = accuracy_figure({"direct": table(0.1), "tools": table(0.9)})
     heights = sorted(round(p.get_height()) for p in fig.axes[0].patches)
     assert heights == [10, 10, 90, 90]
+    assert len(fig.legends) == 1 and not fig.axes[0].get_legend()  # the legend sits above, off the bars
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["arithmetic,\n1 digit\n(n=10)", "all\n(n=10)"]
+
+
+def test_accuracy_figure_breaks_long_group_names():
+    two_step = {"multi_hop: town_capital": {"n": 11, "correct": 0.5, "refusal": 0.0, "wrong": 0.5}}
+    fig = accuracy_figure({"tools": two_step})
+    assert fig.axes[0].get_xticklabels()[0].get_text() == "multi_hop:\ntown\ncapital\n(n=11)"
 
 
 def test_accuracy_figure_names_a_missing_group():

@@ -91,12 +91,21 @@ def accuracy_figure(tables: Mapping[str, Mapping[str, Mapping[str, float]]], *,
                       color=CONDITION_COLORS.get(condition, f"C{c}"))
         ax.bar_label(bars, [f"{h:.0f}" for h in heights], fontsize=7, padding=1)
     first = tables[conditions[0]]
-    labels = [group.replace(": ", ":\n").replace(", ", ",\n") + f"\n(n={int(first[group]['n'])})" for group in groups]
-    ax.set_xticks(range(len(groups)), labels, fontsize=8)
+    ax.set_xticks(range(len(groups)), [_group_label(group, int(first[group]["n"])) for group in groups], fontsize=8)
     ax.set_ylabel("correct (%)")
     ax.set_ylim(0, 110)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, frameon=False, ncol=len(conditions), loc="upper left")
+    # above the axes, where no bar or bar label can hide under it
+    fig.legend(fontsize=8, frameon=False, ncol=len(conditions), loc="outside upper center")
     if title:
         ax.set_title(title, fontsize=10)
     return fig
+
+
+def _group_label(group: str, n: int) -> str:
+    """A group's name in short lines under its bars: "multi_hop: town_capital" ->
+    "multi_hop:\ntown\ncapital\n(n=11)"."""
+    head, _, detail = group.partition(": ")
+    if detail:
+        return f"{head}:\n{detail.replace('_', chr(10))}\n(n={n})"
+    return group.replace(", ", ",\n") + f"\n(n={n})"

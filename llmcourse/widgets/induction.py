@@ -107,8 +107,11 @@ def gap_figure(gaps: Sequence[int], losses: Tensor | Sequence[float], block_size
                vocab_size: int) -> Figure:
     """Loss on the repeat against the gap between the two copies, with the window's edge marked.
 
-    A repeated token is copyable while its first occurrence's successor, length + gap - 1
-    positions back, is still inside the block_size window: up to gap = block_size - length.
+    The induction head copies the first occurrence's successor, length + gap - 1 positions back,
+    and finds it by the token before it, length + gap positions back. With a sliding window of
+    block_size tokens both are inside only while gap < block_size - length: at gap =
+    block_size - length the successor is still in the window but its predecessor is not, and
+    copying stops. The edge is drawn halfway between the last copyable gap and the first that is not.
     """
     losses = torch.as_tensor(losses, dtype=torch.float64)
     if len(gaps) != len(losses):
@@ -116,9 +119,9 @@ def gap_figure(gaps: Sequence[int], losses: Tensor | Sequence[float], block_size
     fig = Figure(figsize=(6.4, 3.6), layout="constrained")
     ax = fig.add_subplot()
     ax.plot(list(gaps), losses.tolist(), marker="o", color=BAR_COLOR, label="loss on the repeat")
-    edge = block_size - length
-    ax.axvline(edge + 0.5, color=HIGHLIGHT_COLOR, linestyle=":",
-               label=f"first copy leaves the window (gap > {block_size} − {length})")
+    edge = block_size - length  # the first gap at which copying is impossible
+    ax.axvline(edge - 0.5, color=HIGHLIGHT_COLOR, linestyle=":",
+               label=f"first copy leaves the window (gap ≥ {block_size} − {length})")
     ax.axhline(math.log(vocab_size), color="0.4", linestyle="--", label=f"ln V = {math.log(vocab_size):.2f}")
     ax.set_xlabel("filler tokens between the two copies (gap)")
     ax.set_ylabel("loss (nats per token)")
