@@ -30,6 +30,7 @@ import ast
 import contextlib
 import dataclasses
 import io
+import itertools
 import math
 import shutil
 import signal
@@ -59,14 +60,15 @@ from llmcourse.checks import ArgumentError
 from llmcourse.data.download import corpus
 from llmcourse.data.prepare import prepare_data, split_tokens
 from llmcourse.data.tinyworld import World, corpus_text
-from llmcourse.data.tinyworld.chats import Question, grade_reply, questions, unknown_questions
+from llmcourse.data.tinyworld.chats import (Question, chats, grade_reply, preference_pairs, questions,
+                                            unknown_questions)
 from llmcourse.data.tokens import TokenFile, tokenize_to_file
 from llmcourse.device import seed_everything
 from llmcourse.evaluate import format_reports, report_card
-from llmcourse.finetune import FINETUNE_CONFIGS, FinetuneConfig, FinetuneTrainer, render_chat
+from llmcourse.finetune import FINETUNE_CONFIGS, FinetuneConfig, FinetuneTrainer, chat_rows, render_chat
 from llmcourse.mlp import MLP
 from llmcourse.model import GPT, flops_per_token
-from llmcourse.preference_train import PREFERENCE_CONFIGS, DPOTrainer, PreferenceConfig
+from llmcourse.preference_train import PREFERENCE_CONFIGS, DPOTrainer, PreferenceConfig, pair_rows
 from llmcourse.runs import TOKENIZER_NAME, tokenizer_of
 from llmcourse.tokenizer import GPT4_SPLIT_PATTERN, SPECIAL_TOKENS, Tokenizer
 from llmcourse.train import PEAK_BF16_FLOPS, OptimizerParts, Trainer
@@ -689,14 +691,21 @@ def run_capstone(work_dir: str | Path, out_dir: str | Path, *, parts: str | Sequ
     say(f"\n== supervised fine-tuning: {config.sft.max_steps} steps ==")
     started = time.perf_counter()
     sft_config = dataclasses.replace(config.sft, init_from=str(pretrained), out_dir=str(out_dir / "sft"))
-    tuned = _finetune(FinetuneTrainer(sft_config, progress=progress, model_swaps=swaps,
-                                      optimizer_parts=optimizer_parts))
+    sft = FittingFinetuneTrainer(sft_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts)
+    if sft.dropped:
+        notes.append(f"sft: {sft.dropped} of chapter 13's chats did not fit the context with this tokenizer "
+                     "and were left out")
+    tuned = _finetune(sft)
     seconds["sft"] = time.perf_counter() - started
 
     say(f"\n== DPO: {config.dpo.max_steps} steps ==")
     started = time.perf_counter()
     dpo_config = dataclasses.replace(config.dpo, init_from=str(tuned), out_dir=str(out_dir / "dpo"))
-    final = _finetune(DPOTrainer(dpo_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts))
+    dpo = FittingDPOTrainer(dpo_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts)
+    if dpo.dropped:
+        notes.append(f"dpo: {dpo.dropped} of chapter 14's pairs did not fit the context with this tokenizer "
+                     "and were left out")
+    final = _finetune(dpo)
     seconds["dpo"] = time.perf_counter() - started
 
     say("\n== report card and chat ==")
@@ -758,6 +767,45 @@ def _tokens(config: TrainConfig, bpe: YourBPE | None, most_chars: int, out_dir: 
     token_file = tokenize_to_file(corpus(config.corpus, config.corpus_chars), tokenizer, out_dir / "tokens.bin",
                                   progress=progress, corpus=f"{config.corpus}:{config.corpus_chars}")
     return tokenizer, token_file.tokens
+
+
+def fitting(items: list, length_of: Callable[[Any], int], room: int) -> list:
+    """The items whose rendered length (`length_of`) fits `room` tokens. A tokenizer learned from a
+    small sample (yours: see `YourBPE`) cuts text into more tokens than the course's, so a few of
+    chapter 13's longest chats no longer fit the model's context; they are left out, not cut."""
+    return [item for item in items if length_of(item) <= room]
+
+
+class FittingFinetuneTrainer(FinetuneTrainer):
+    """Chapter 13's SFT on the chats that fit the context with this run's tokenizer (`fitting`)."""
+
+    def make_data(self, config: FinetuneConfig, tokenizer: Tokenizer) -> tuple[Any, Any]:
+        n_val = max(1, round(config.n_chats * config.val_fraction))
+        all_chats = list(itertools.islice(chats(config.world_seed, unknown_share=config.unknown_share),
+                                          config.n_chats + n_val))
+        kept = fitting(all_chats, lambda chat: len(render_chat(tokenizer, chat)[0]), config.block_size + 1)
+        self.dropped = len(all_chats) - len(kept)
+        n_train = round(len(kept) * config.n_chats / (config.n_chats + n_val))
+        return (chat_rows(tokenizer, kept[:n_train], config.block_size),
+                chat_rows(tokenizer, kept[n_train:], config.block_size))
+
+
+class FittingDPOTrainer(DPOTrainer):
+    """Chapter 14's DPO on the pairs whose chosen and rejected chats fit the context (`fitting`)."""
+
+    def make_data(self, config: PreferenceConfig, tokenizer: Tokenizer) -> tuple[Any, Any]:
+        n_val = max(1, round(config.n_pairs * config.val_fraction))
+        pairs = list(itertools.islice(preference_pairs(config.world_seed), config.n_pairs + n_val))
+
+        def longest(pair: Any) -> int:
+            return max(len(render_chat(tokenizer, [*pair.prompt, {"role": "assistant", "content": reply}])[0])
+                       for reply in (pair.chosen, pair.rejected))
+
+        kept = fitting(pairs, longest, config.block_size)
+        self.dropped = len(pairs) - len(kept)
+        n_train = round(len(kept) * config.n_pairs / (config.n_pairs + n_val))
+        return (pair_rows(tokenizer, kept[:n_train], config.block_size),
+                pair_rows(tokenizer, kept[n_train:], config.block_size))
 
 
 def _finetune(trainer: FinetuneTrainer) -> Path:

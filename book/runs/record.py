@@ -556,11 +556,13 @@ def _agent_ablation(overrides: Sequence[str], tasks, progress: bool) -> dict:
 CAPSTONE_EXERCISES = ("02-tokenization", "05-attention", "07-mlp-residual-norm", "09-training", "11-decoding")
 
 
-def record_capstone(out_dir: Path, progress: bool = True) -> dict:
+def record_capstone(out_dir: Path, progress: bool = True, which: Sequence[str] = ("reference", "all")) -> dict:
     """Run the capstone command's pipeline twice at its CPU config: with the reference parts, and
     with every part taken from the exercise notebooks of a learner who solved them all (the
     solution notebooks, copied into a work folder as `course start` would); write both results
-    (parts, stage times, report card, chat) into out_dir/capstone.json. No weights are kept."""
+    (parts, stage times, report card, chat) into out_dir/capstone.json. No weights are kept.
+    `which` runs one of the two (into the same file, beside a run recorded before), so the two
+    can run side by side, each on one thread."""
     import shutil
 
     from llmcourse.capstone import run_capstone
@@ -571,12 +573,16 @@ def record_capstone(out_dir: Path, progress: bool = True) -> dict:
             source = RUNS.parent.parent / "solutions" / exercise / f"{exercise}.ipynb"
             (Path(work) / "work" / exercise).mkdir(parents=True)
             shutil.copyfile(source, Path(work) / "work" / exercise / f"{exercise}.ipynb")
-        for parts in ("reference", "all"):
+        for parts in which:
             result = run_capstone(Path(work) / "work", Path(work) / f"runs-{parts}", parts=parts, progress=progress)
             results[parts] = {"parts": result.parts, "messages": result.messages, "notes": result.notes,
                               "stage_seconds": {k: round(v, 1) for k, v in result.stage_seconds.items()},
                               "report_card": result.report_card,
                               "chat": [list(turn) for turn in result.chat]}
+    path = out_dir / "capstone.json"
+    earlier = json.loads(path.read_text(encoding="utf-8"))["runs"] if path.is_file() else {}
+    results = {parts: results.get(parts, earlier.get(parts)) for parts in ("reference", "all")
+               if parts in results or parts in earlier}
     record = {"runs": results, "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
               "machine": _machine(), "commit": _git_commit(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -693,7 +699,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.which == "agent-experiment":
         record_agent_experiment(args.out or RUNS, not args.no_progress)
     elif args.which == "capstone":
-        record = record_capstone(args.out or RUNS / "capstone", not args.no_progress)
+        which = [item.split("=", 1)[1] for item in args.overrides if item.startswith("parts=")] or ["reference", "all"]
+        record = record_capstone(args.out or RUNS / "capstone", not args.no_progress, which)
         for parts, run in record["runs"].items():
             print(f"{parts}: {sum(run['stage_seconds'].values()):.0f} s {run['stage_seconds']}")
     elif args.which == "levers":
