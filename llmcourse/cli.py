@@ -231,7 +231,7 @@ def _add_capstone_command(commands: argparse._SubParsersAction) -> None:
         description="Read your exercise notebooks in --work, check each part you wrote (tokenizer, attention, "
         "norm, MLP, optimizer, sampling) against the course's, build the model from the parts that pass "
         "(the course's for the others), then pretrain, fine-tune (SFT, DPO), print a report card and a "
-        "short chat. The book's cpu-tiny, cpu-sft and cpu-dpo runs back to back (10 minutes recorded on 2 CPU "
+        "short chat. The book's cpu-tiny, cpu-sft and cpu-dpo runs back to back (9 minutes recorded on 2 CPU "
         "cores, more with your own, slower parts); --fast runs a tiny version in under a minute.",
     )
     capstone.add_argument("--work", type=Path, default=Path("work"), metavar="DIR",
@@ -392,9 +392,8 @@ def _write_samples(args: argparse.Namespace) -> int:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from llmcourse.finetune import FinetuneTrainer, get_finetune_config
-
     from llmcourse.agent_train import AGENT_CONFIGS, AgentTrainer, get_agent_config
+    from llmcourse.finetune import FinetuneTrainer, get_finetune_config
 
     if args.config in AGENT_CONFIGS:  # chapter 17: tool use (full fine-tuning only)
         if args.lora:
