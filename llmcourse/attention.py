@@ -16,8 +16,9 @@ D head size, C = H·D model width.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -384,3 +385,34 @@ def _check_divisible(name: str, value: int, divisor_name: str, divisor: int, why
     if value % divisor:
         raise ArgumentError(f"{name}={value} is not divisible by {divisor_name}={divisor}: {why}; "
                             f"pick {divisor_name} among the divisors of {value}")
+
+
+@contextlib.contextmanager
+def recording_attention(model: nn.Module) -> Iterator[list[Tensor]]:
+    """While open, every `CausalSelfAttention` of `model` computes attention with
+    `attention_reference` (the fused kernel never forms the weights) and appends its weights
+    `(B, H, Tq, Tk)` to the list this yields, one tensor per layer per forward pass, in the order
+    the layers run. The model runs in eval mode (no dropout); on leaving, its own attention
+    functions and train/eval mode come back, whatever happened. Chapter 06's head explorer and
+    chapter 17's induction heads read attention through this."""
+    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
+    if not layers:
+        raise ArgumentError(f"{type(model).__name__} has no CausalSelfAttention layers whose weights could be recorded")
+    weights: list[Tensor] = []
+
+    def recorder(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, **masks: Any) -> Tensor:
+        out, layer_weights = attention_reference(q, k, v, causal=causal, **masks)
+        weights.append(layer_weights.detach())
+        return out
+
+    originals = [layer.attention_fn for layer in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        for layer in layers:
+            layer.attention_fn = recorder
+        yield weights
+    finally:
+        for layer, original in zip(layers, originals):
+            layer.attention_fn = original
+        model.train(was_training)

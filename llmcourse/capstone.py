@@ -688,25 +688,18 @@ def run_capstone(work_dir: str | Path, out_dir: str | Path, *, parts: str | Sequ
     pretrained = _pretrain(config, assembly, out_dir / "pretrain", progress, notes)
     seconds["pretrain"] = time.perf_counter() - started
 
-    say(f"\n== supervised fine-tuning: {config.sft.max_steps} steps ==")
-    started = time.perf_counter()
-    sft_config = dataclasses.replace(config.sft, init_from=str(pretrained), out_dir=str(out_dir / "sft"))
-    sft = FittingFinetuneTrainer(sft_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts)
-    if sft.dropped:
-        notes.append(f"sft: {sft.dropped} of chapter 13's chats did not fit the context with this tokenizer "
-                     "and were left out")
-    tuned = _finetune(sft)
-    seconds["sft"] = time.perf_counter() - started
-
-    say(f"\n== DPO: {config.dpo.max_steps} steps ==")
-    started = time.perf_counter()
-    dpo_config = dataclasses.replace(config.dpo, init_from=str(tuned), out_dir=str(out_dir / "dpo"))
-    dpo = FittingDPOTrainer(dpo_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts)
-    if dpo.dropped:
-        notes.append(f"dpo: {dpo.dropped} of chapter 14's pairs did not fit the context with this tokenizer "
-                     "and were left out")
-    final = _finetune(dpo)
-    seconds["dpo"] = time.perf_counter() - started
+    final = pretrained
+    for stage, kind, stage_config, items in (("sft", FittingFinetuneTrainer, config.sft, "chapter 13's chats"),
+                                             ("dpo", FittingDPOTrainer, config.dpo, "chapter 14's pairs")):
+        say(f"\n== {'supervised fine-tuning' if stage == 'sft' else 'DPO'}: {stage_config.max_steps} steps ==")
+        started = time.perf_counter()
+        stage_config = dataclasses.replace(stage_config, init_from=str(final), out_dir=str(out_dir / stage))
+        trainer = kind(stage_config, progress=progress, model_swaps=swaps, optimizer_parts=optimizer_parts)
+        if trainer.dropped:
+            notes.append(f"{stage}: {trainer.dropped} of {items} did not fit the context with this tokenizer "
+                         "and were left out")
+        final = _finetune(trainer)  # the next stage starts from this one's weights
+        seconds[stage] = time.perf_counter() - started
 
     say("\n== report card and chat ==")
     started = time.perf_counter()

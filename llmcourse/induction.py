@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from llmcourse.attention import CausalSelfAttention, attention_reference
+from llmcourse.attention import recording_attention
 from llmcourse.checks import ArgumentError, check_int, check_real
 from llmcourse.files import atomic_write, read_versioned_json
 from llmcourse.model import GPT, GPTConfig
@@ -306,19 +306,6 @@ def copy_loss_by_gap(model: GPT, length: int, gaps: list[int] | range, *, batch_
 # ---------------------------------------------------------------------------------- heads
 
 
-class _PatternRecorder:
-    """An `attention_fn` that computes attention with `attention_reference` and keeps the weights
-    (the fused kernel the model normally uses never forms them)."""
-
-    def __init__(self) -> None:
-        self.patterns: list[Tensor] = []
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, causal: bool, **masks: Any) -> Tensor:
-        out, weights = attention_reference(q, k, v, causal=causal, **masks)
-        self.patterns.append(weights.detach())  # (B, H, T, T)
-        return out
-
-
 @torch.no_grad()
 def attention_patterns(model: nn.Module, ids: Tensor) -> Tensor:
     """Every layer's and head's attention weights on `ids`, averaged over the batch: `(L, H, T, T)`.
@@ -330,22 +317,9 @@ def attention_patterns(model: nn.Module, ids: Tensor) -> Tensor:
     sharp while the attention to accidental matches averages away.
     """
     ids = ids[None] if ids.dim() == 1 else ids
-    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    if not layers:
-        raise ArgumentError(f"{type(model).__name__} has no CausalSelfAttention layers to observe")
-    recorder = _PatternRecorder()
-    originals = [layer.attention_fn for layer in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        for layer in layers:
-            layer.attention_fn = recorder
+    with recording_attention(model) as patterns:  # one (B, H, T, T) per layer
         model(ids)
-    finally:  # give the model back as it was, whatever happened
-        for layer, original in zip(layers, originals):
-            layer.attention_fn = original
-        model.train(was_training)
-    return torch.stack([p.mean(dim=0) for p in recorder.patterns]).float().cpu()
+    return torch.stack([p.mean(dim=0) for p in patterns]).float().cpu()
 
 
 def previous_token_scores(patterns: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 from torch import Tensor, nn
 
-from llmcourse.attention import CausalSelfAttention, attention_reference
+from llmcourse.attention import CausalSelfAttention, recording_attention
 from llmcourse.checks import ArgumentError, check_int
 from llmcourse.plots import char_label, figure_to_png
 from llmcourse.widgets.explorer import Explorer
@@ -53,18 +53,6 @@ class TextCodec(Protocol):
 # ---------------------------------------------------------------- capturing the weights
 
 
-class _WeightRecorder:
-    """An `attention_fn` that computes attention with `attention_reference` and keeps the weights."""
-
-    def __init__(self) -> None:
-        self.weights: list[Tensor] = []
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, causal: bool) -> Tensor:
-        out, weights = attention_reference(q, k, v, causal=causal)
-        self.weights.append(weights.detach())
-        return out
-
-
 @torch.no_grad()
 def attention_maps(model: nn.Module, ids: Tensor) -> Tensor:
     """The attention weights of every layer and head of `model` on one sequence.
@@ -72,31 +60,18 @@ def attention_maps(model: nn.Module, ids: Tensor) -> Tensor:
     ids: `(T,)` or `(1, T)` token ids. Returns `(L, H, T, T)` on the CPU: entry `[l, h, i, j]` is
     how much query position i of head h in layer l attends to key position j (each row sums to 1).
 
-    Every `CausalSelfAttention` inside `model` gets, for this one forward pass, an `attention_fn`
-    that runs `attention_reference` (the fused kernel never materialises the weights) and records
-    them; the original functions and the train/eval mode are restored afterwards.
+    Every `CausalSelfAttention` inside `model` records its weights for this one forward pass
+    (`attention.recording_attention`: `attention_reference` in place of the fused kernel, which
+    never materialises them); the original functions and the train/eval mode come back afterwards.
     """
     if ids.dim() == 1:
         ids = ids[None]
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"attention_maps expects one sequence of ids, (T,) or (1, T), got shape {tuple(ids.shape)}")
-    layers = [m for m in model.modules() if isinstance(m, CausalSelfAttention)]
-    if not layers:
-        raise ValueError(f"{type(model).__name__} has no CausalSelfAttention layers whose weights could be recorded")
-    recorder = _WeightRecorder()
-    originals = [layer.attention_fn for layer in layers]
-    was_training = model.training
-    model.eval()  # no dropout: we want the weights the model really uses
-    try:
-        for layer in layers:
-            layer.attention_fn = recorder
+    with recording_attention(model) as weights:
         model(ids)
-    finally:
-        for layer, original in zip(layers, originals):
-            layer.attention_fn = original
-        model.train(was_training)
     # one (1, H, T, T) tensor per layer, in the order the layers ran
-    return torch.cat(recorder.weights, dim=0).float().cpu()
+    return torch.cat(weights, dim=0).float().cpu()
 
 
 def head_scores(weights: Tensor) -> dict[str, Tensor]:
